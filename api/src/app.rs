@@ -1,0 +1,55 @@
+//! The running state shared by every request: the log, the projections and the secrets.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use eventlog::{EventLog, Options};
+use projections::{tenants::Tenants, Projections};
+
+use crate::config::Config;
+use crate::secrets::Secrets;
+
+/// Opens the event log of the configured data folder.
+pub fn open_log(config: &Config) -> Result<EventLog, eventlog::Error> {
+    let mut options = Options::new(config.secrets.payload_key());
+    options.cache_capacity = config.cache_bytes;
+    EventLog::open(&config.data_dir, options)
+}
+
+#[derive(Clone)]
+pub struct App {
+    pub log: EventLog,
+    pub projections: Projections,
+    pub tenants: Tenants,
+    pub secrets: Secrets,
+    /// Keyed hash of the operator token; `None` where no operator token is in play (the CLI
+    /// working directly on the folder acts as the operator itself).
+    pub operator_hash: Option<Arc<str>>,
+    pub data_dir: PathBuf,
+}
+
+impl App {
+    /// Opens the log and starts the projections. Must run inside a tokio runtime.
+    pub fn open(config: &Config) -> Result<App, eventlog::Error> {
+        let log = open_log(config)?;
+        App::start(log, config)
+    }
+
+    /// Starts the projections over an opened log. Must run inside a tokio runtime.
+    pub fn start(log: EventLog, config: &Config) -> Result<App, eventlog::Error> {
+        let projections = Projections::start(log.clone(), projections::all())
+            .map_err(|e| eventlog::Error::Storage(e.to_string()))?;
+        let tenants = Tenants::new(
+            projections
+                .model(projections::tenants::NAME)
+                .map_err(|e| eventlog::Error::Storage(e.to_string()))?,
+        );
+        Ok(App {
+            log,
+            projections,
+            tenants,
+            secrets: config.secrets.clone(),
+            operator_hash: None,
+            data_dir: config.data_dir.clone(),
+        })
+    }
+}

@@ -1,0 +1,25 @@
+//! The `postledger` binary's crate: the HTTP surface and the command line.
+//!
+//! Layout:
+//! - `config`, `secrets`: configuration (flags, environment, file) and the pepper, API key
+//!   and operator token handling.
+//! - `app`: the state every request shares (log, projections, read models).
+//! - `auth`: who is calling ([`auth::Principal`]): the operator or exactly one tenant.
+//! - `service`: every operation, whatever the surface: authorise, load, decide, append,
+//!   wait for the read models.
+//! - `graphql`: the schema, thin resolvers over `service`.
+//! - `server`: actix-web routes, health and readiness.
+//! - `cli`: the subcommands; `bench`: `postledger bench …`.
+//!
+//! The library exists so that tests can drive the same code the binary runs; it is the
+//! binary's crate, so it uses `anyhow` where the process ends.
+pub mod app;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod graphql;
+pub mod secrets;
+pub mod server;
+pub mod service;

@@ -1,0 +1,302 @@
+//! The operations behind every surface (GraphQL, REST, the CLI working on the folder):
+//! authorise, load the aggregate from the log, decide, append, wait for the read models.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::{
+    ApiKeyId, ApiKeyRole, DomainEvent, TenantCommand, TenantEvent, TenantId, TenantState,
+    TENANT_STREAM,
+};
+use eventlog::{ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId, VerifyReport};
+use projections::tenants::{ApiKeyView, TenantView};
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::auth::Principal;
+use crate::error::{ApiError, Result};
+use crate::secrets;
+
+/// How long a write waits for the read models before answering anyway.
+const READ_YOUR_WRITES: Duration = Duration::from_secs(10);
+/// Retries of a command whose stream changed between load and append.
+const CONFLICT_RETRIES: usize = 3;
+
+/// Who asks, and the request they ask within.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub principal: Principal,
+    pub correlation_id: Uuid,
+}
+
+fn tenant_stream(tenant: Uuid) -> StreamId {
+    StreamId::new(TENANT_STREAM, tenant.to_string())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+/// Folds the tenant's stream into its state; returns the state and the stream version.
+async fn load_tenant(app: &App, tenant: Uuid) -> Result<(TenantState, u64)> {
+    let log = app.log.clone();
+    blocking(move || {
+        let events = log.read_stream(tenant, &tenant_stream(tenant), 1, usize::MAX)?;
+        let mut state = TenantState::default();
+        let mut version = 0;
+        for e in &events {
+            let ev = TenantEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
+            domain::apply(&mut state, &ev);
+            version = e.version;
+        }
+        Ok((state, version))
+    })
+    .await
+}
+
+/// Decides `make_cmd()` against the current state and appends the outcome; retried when
+/// another writer got in between.
+async fn execute(
+    app: &App,
+    ctx: &Ctx,
+    tenant: Uuid,
+    make_cmd: impl Fn() -> TenantCommand,
+) -> Result<Vec<TenantEvent>> {
+    for _ in 0..CONFLICT_RETRIES {
+        let (state, version) = load_tenant(app, tenant).await?;
+        let events = domain::decide(&state, make_cmd())?;
+        let new: Vec<NewEvent> = events
+            .iter()
+            .map(|e| NewEvent {
+                event_id: Uuid::now_v7(),
+                event_type: e.event_type().to_string(),
+                schema_version: e.schema_version(),
+                payload: e.encode(),
+            })
+            .collect();
+        let expected = if version == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        };
+        let meta = Metadata {
+            actor: ctx.principal.actor(),
+            correlation_id: ctx.correlation_id,
+            causation_id: None,
+        };
+        match app
+            .log
+            .append(tenant, tenant_stream(tenant), expected, new, meta)
+            .await
+        {
+            Ok(outcome) => {
+                if !app
+                    .projections
+                    .wait_for(outcome.last_position, READ_YOUR_WRITES)
+                    .await
+                {
+                    tracing::warn!(
+                        position = outcome.last_position,
+                        "read models are lagging behind a write"
+                    );
+                }
+                return Ok(events);
+            }
+            Err(eventlog::Error::WrongExpectedVersion { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        409,
+        "CONFLICT",
+        "the tenant changed concurrently; try again",
+    ))
+}
+
+fn tenant_view(app: &App, tenant: Uuid) -> Result<TenantView> {
+    app.tenants
+        .get(tenant)?
+        .ok_or_else(ApiError::tenant_not_found)
+}
+
+pub async fn create_tenant(app: &App, ctx: &Ctx, name: &str) -> Result<TenantView> {
+    ctx.principal.require_operator()?;
+    let tenant = Uuid::now_v7();
+    execute(app, ctx, tenant, || TenantCommand::Create {
+        tenant_id: TenantId::from_uuid(tenant),
+        name: name.to_string(),
+    })
+    .await?;
+    tenant_view(app, tenant)
+}
+
+/// The tenant as its caller may see it: a tenant key sees only its own.
+pub fn get_tenant(app: &App, ctx: &Ctx, requested: Option<Uuid>) -> Result<TenantView> {
+    let tenant = ctx.principal.scope(requested)?;
+    tenant_view(app, tenant)
+}
+
+pub fn list_tenants(
+    app: &App,
+    ctx: &Ctx,
+    after: Option<Uuid>,
+    first: usize,
+) -> Result<Vec<TenantView>> {
+    ctx.principal.require_operator()?;
+    Ok(app.tenants.list(after, first)?)
+}
+
+/// Fails as "not found" for a tenant the operator names that does not exist, before any
+/// command runs, so that no stream is ever created for it.
+fn existing(app: &App, tenant: Uuid) -> Result<()> {
+    tenant_view(app, tenant).map(|_| ())
+}
+
+pub async fn rename_tenant(
+    app: &App,
+    ctx: &Ctx,
+    requested: Option<Uuid>,
+    name: &str,
+) -> Result<TenantView> {
+    let tenant = ctx.principal.scope(requested)?;
+    existing(app, tenant)?;
+    execute(app, ctx, tenant, || TenantCommand::Rename {
+        name: name.to_string(),
+    })
+    .await?;
+    tenant_view(app, tenant)
+}
+
+pub async fn suspend_tenant(
+    app: &App,
+    ctx: &Ctx,
+    tenant: Uuid,
+    reason: &str,
+) -> Result<TenantView> {
+    ctx.principal.require_operator()?;
+    existing(app, tenant)?;
+    execute(app, ctx, tenant, || TenantCommand::Suspend {
+        reason: reason.to_string(),
+    })
+    .await?;
+    tenant_view(app, tenant)
+}
+
+pub async fn reactivate_tenant(app: &App, ctx: &Ctx, tenant: Uuid) -> Result<TenantView> {
+    ctx.principal.require_operator()?;
+    existing(app, tenant)?;
+    execute(app, ctx, tenant, || TenantCommand::Reactivate).await?;
+    tenant_view(app, tenant)
+}
+
+pub fn api_keys(app: &App, ctx: &Ctx, requested: Option<Uuid>) -> Result<Vec<ApiKeyView>> {
+    let tenant = ctx.principal.scope(requested)?;
+    existing(app, tenant)?;
+    Ok(app.tenants.api_keys(tenant)?)
+}
+
+/// Issues a key; the secret is returned here and never again.
+pub async fn issue_api_key(
+    app: &App,
+    ctx: &Ctx,
+    requested: Option<Uuid>,
+    label: &str,
+    role: ApiKeyRole,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<(ApiKeyView, String)> {
+    let tenant = ctx.principal.scope(requested)?;
+    if let Principal::Tenant {
+        role: ApiKeyRole::Sender,
+        ..
+    } = ctx.principal
+    {
+        if role != ApiKeyRole::Sender {
+            return Err(ApiError::forbidden(
+                "a sender key can only issue sender keys",
+            ));
+        }
+    }
+    existing(app, tenant)?;
+    let secret = secrets::new_api_key().map_err(|e| ApiError::internal(e.to_string()))?;
+    let key_hash = app.secrets.token_hash(&secret);
+    let prefix: String = secret.chars().take(11).collect();
+    let key = Uuid::now_v7();
+    let now = Utc::now();
+    execute(app, ctx, tenant, || TenantCommand::IssueApiKey {
+        key_id: ApiKeyId::from_uuid(key),
+        label: label.to_string(),
+        key_hash: key_hash.clone(),
+        prefix: prefix.clone(),
+        role,
+        expires_at,
+        now,
+    })
+    .await?;
+    let view = app
+        .tenants
+        .api_key(tenant, key)?
+        .ok_or_else(|| ApiError::internal("issued key is missing from the read model"))?;
+    Ok((view, secret))
+}
+
+pub async fn revoke_api_key(
+    app: &App,
+    ctx: &Ctx,
+    requested: Option<Uuid>,
+    key: Uuid,
+) -> Result<ApiKeyView> {
+    let tenant = ctx.principal.scope(requested)?;
+    existing(app, tenant)?;
+    execute(app, ctx, tenant, || TenantCommand::RevokeApiKey {
+        key_id: ApiKeyId::from_uuid(key),
+    })
+    .await?;
+    app.tenants
+        .api_key(tenant, key)?
+        .ok_or_else(|| ApiError::new(404, "API_KEY_NOT_FOUND", "no such API key"))
+}
+
+/// A readable line for one event of the audit timeline.
+pub fn summary(e: &RecordedEvent) -> String {
+    if e.stream.kind == TENANT_STREAM
+        && domain::tenant_event_types().contains(&e.event_type.as_str())
+    {
+        if let Ok(ev) = TenantEvent::decode(&e.event_type, e.schema_version, &e.payload) {
+            return ev.summary();
+        }
+    }
+    e.event_type.clone()
+}
+
+/// One page of the tenant's audit timeline, read straight from the log.
+pub async fn audit_trail(
+    app: &App,
+    ctx: &Ctx,
+    requested: Option<Uuid>,
+    after_seq: u64,
+    first: usize,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<(Vec<RecordedEvent>, bool)> {
+    let tenant = ctx.principal.scope(requested)?;
+    existing(app, tenant)?;
+    let log = app.log.clone();
+    blocking(move || {
+        let mut events = log.read_tenant_range(tenant, from, to, after_seq, first + 1)?;
+        let more = events.len() > first;
+        events.truncate(first);
+        Ok((events, more))
+    })
+    .await
+}
+
+/// Walks the chain of the caller's tenant (a tenant key), or of one or all tenants (operator).
+pub async fn verify(app: &App, ctx: &Ctx, requested: Option<Uuid>) -> Result<VerifyReport> {
+    let only = match ctx.principal {
+        Principal::Operator => requested,
+        Principal::Tenant { .. } => Some(ctx.principal.scope(requested)?),
+    };
+    let log = app.log.clone();
+    blocking(move || Ok(log.verify(only)?)).await
+}

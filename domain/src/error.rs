@@ -1,0 +1,88 @@
+//! Domain errors with stable, machine-readable codes.
+
+/// Every way a domain operation can be refused or an event can fail to decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("tenant already exists")]
+    TenantAlreadyExists,
+    #[error("tenant not found")]
+    TenantNotFound,
+    #[error("tenant is suspended")]
+    TenantSuspended,
+    #[error("tenant is not suspended")]
+    TenantNotSuspended,
+    #[error("invalid tenant name: {reason}")]
+    InvalidTenantName { reason: String },
+    #[error("invalid label: {reason}")]
+    InvalidLabel { reason: String },
+    #[error("invalid suspension reason: {reason}")]
+    InvalidSuspendReason { reason: String },
+    #[error("invalid key hash: {reason}")]
+    InvalidKeyHash { reason: String },
+    #[error("API key already exists")]
+    ApiKeyAlreadyExists,
+    #[error("API key not found")]
+    ApiKeyNotFound,
+    #[error("API key already revoked")]
+    ApiKeyAlreadyRevoked,
+    #[error("expiry must be in the future")]
+    ExpiryNotInFuture,
+    #[error("invalid id: {value:?}")]
+    InvalidId { value: String },
+    #[error("unknown event type: {event_type}")]
+    UnknownEventType { event_type: String },
+    #[error("unsupported schema version {version} for event type {event_type}")]
+    UnsupportedSchemaVersion { event_type: String, version: u16 },
+    #[error("malformed payload for event type {event_type}: {reason}")]
+    MalformedPayload { event_type: String, reason: String },
+}
+
+impl DomainError {
+    /// Stable SCREAMING_SNAKE code, safe to expose to API clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DomainError::TenantAlreadyExists => "TENANT_ALREADY_EXISTS",
+            DomainError::TenantNotFound => "TENANT_NOT_FOUND",
+            DomainError::TenantSuspended => "TENANT_SUSPENDED",
+            DomainError::TenantNotSuspended => "TENANT_NOT_SUSPENDED",
+            DomainError::InvalidTenantName { .. } => "INVALID_TENANT_NAME",
+            DomainError::InvalidLabel { .. } => "INVALID_LABEL",
+            DomainError::InvalidSuspendReason { .. } => "INVALID_SUSPEND_REASON",
+            DomainError::InvalidKeyHash { .. } => "INVALID_KEY_HASH",
+            DomainError::ApiKeyAlreadyExists => "API_KEY_ALREADY_EXISTS",
+            DomainError::ApiKeyNotFound => "API_KEY_NOT_FOUND",
+            DomainError::ApiKeyAlreadyRevoked => "API_KEY_ALREADY_REVOKED",
+            DomainError::ExpiryNotInFuture => "EXPIRY_NOT_IN_FUTURE",
+            DomainError::InvalidId { .. } => "INVALID_ID",
+            DomainError::UnknownEventType { .. } => "UNKNOWN_EVENT_TYPE",
+            DomainError::UnsupportedSchemaVersion { .. } => "UNSUPPORTED_SCHEMA_VERSION",
+            DomainError::MalformedPayload { .. } => "MALFORMED_PAYLOAD",
+        }
+    }
+}
+
+/// Result alias defaulting to [`DomainError`].
+pub type Result<T, E = DomainError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_screaming_snake() {
+        assert_eq!(
+            DomainError::TenantAlreadyExists.code(),
+            "TENANT_ALREADY_EXISTS"
+        );
+        assert_eq!(DomainError::TenantNotFound.code(), "TENANT_NOT_FOUND");
+        assert_eq!(DomainError::TenantSuspended.code(), "TENANT_SUSPENDED");
+        assert_eq!(
+            DomainError::UnsupportedSchemaVersion {
+                event_type: "X".into(),
+                version: 9
+            }
+            .code(),
+            "UNSUPPORTED_SCHEMA_VERSION"
+        );
+    }
+}

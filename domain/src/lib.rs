@@ -1,0 +1,26 @@
+//! Postledger domain: pure business rules, no IO, no clock, no randomness.
+//!
+//! # Layout
+//! - [`ids`]: strongly typed identifiers ([`TenantId`], [`ApiKeyId`]).
+//! - [`error`]: [`DomainError`] with stable machine codes, and the [`Result`] alias.
+//! - [`tenant`]: the Tenant aggregate (API keys live inside it; every event goes on
+//!   the tenant's stream, [`TENANT_STREAM`]): commands, events, state,
+//!   [`tenant::decide`] and [`tenant::apply`].
+//! - [`codec`]: the [`DomainEvent`] contract the event log relies on
+//!   (stable `event_type`, `schema_version`, JSON payload, upcasting of old versions).
+//!
+//! # Invariant
+//! `decide(&state, command) -> Result<Vec<Event>, DomainError>` holds every business
+//! rule; `apply(&mut state, &event)` is infallible and holds none. Anything that was
+//! accepted by `decide` and persisted is a fact, so replaying it must never fail.
+//! Time enters only as data carried by commands (e.g. `now`), never from a clock.
+
+pub mod codec;
+pub mod error;
+pub mod ids;
+pub mod tenant;
+
+pub use codec::*;
+pub use error::*;
+pub use ids::*;
+pub use tenant::*;

@@ -1,0 +1,32 @@
+//! Projections: read models built from the event log.
+//!
+//! Layout:
+//! - `runner`: the [`Projector`] trait, [`Projections`] (one task per projector following
+//!   the log), lag, online and offline rebuild.
+//! - `model`: [`ModelWrite`] (a batch's pending writes, read-your-own-writes) and
+//!   [`ModelRead`] (queries).
+//! - `tenants`: the tenants and API keys read model.
+//!
+//! **A projector's read-model update and its checkpoint are written in one atomic sled
+//! batch on the projector's own tree, so a crash neither skips nor repeats an event.**
+//! Read models are disposable: they can be dropped and rebuilt from the log at any time.
+mod error;
+mod model;
+mod runner;
+pub mod tenants;
+
+use std::sync::Arc;
+
+pub use error::{Error, Result};
+pub use model::{ModelRead, ModelWrite};
+pub use runner::{rebuild_offline, ProjectionStatus, Projections, Projector, RebuildReport};
+
+/// Every projector Postledger runs, in one place so the server and the CLI agree.
+pub fn all() -> Vec<Arc<dyn Projector>> {
+    vec![Arc::new(tenants::TenantsProjector)]
+}
+
+/// Looks a projector up by name.
+pub fn by_name(name: &str) -> Option<Arc<dyn Projector>> {
+    all().into_iter().find(|p| p.name() == name)
+}
