@@ -6,8 +6,7 @@
 //! |-----------------------------|----------------|---------------------------------------|
 //! | `G` position                | the record     | primary storage, in commit order      |
 //! | `E` tenant seq              | position       | one tenant's events, in chain order   |
-//! | `S` tenant stream version   | position       | one stream                            |
-//! | `H` tenant stream           | version        | stream head: one point read per check |
+//! | `S` tenant stream version   | position       | one stream; its last key is the head  |
 //! | `T` tenant                  | seq ‖ hash     | tip of the tenant's chain             |
 //! | `I` tenant event_id         | position       | idempotent append                     |
 //! | `M` name                    | value          | metadata (format version)             |
@@ -18,7 +17,6 @@ use crate::record::StreamId;
 pub const GLOBAL: u8 = b'G';
 pub const TENANT_SEQ: u8 = b'E';
 pub const STREAM_EVENT: u8 = b'S';
-pub const STREAM_HEAD: u8 = b'H';
 pub const TENANT_TIP: u8 = b'T';
 pub const EVENT_ID: u8 = b'I';
 pub const META: u8 = b'M';
@@ -42,12 +40,6 @@ pub fn tenant_prefix(tag: u8, tenant: Uuid) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.push(tag);
     k.extend_from_slice(tenant.as_bytes());
-    k
-}
-
-pub fn stream_head(tenant: Uuid, stream: &StreamId) -> Vec<u8> {
-    let mut k = tenant_prefix(STREAM_HEAD, tenant);
-    stream.encode_into(&mut k);
     k
 }
 

@@ -178,20 +178,25 @@ impl EventLog {
         };
         let (durable_tx, durable_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let w = writer::Writer {
-            db: db.clone(),
             tree: tree.clone(),
-            db_file,
             payload_key: options.payload_key,
-            head,
+            applied: head,
             last_recorded_us,
-            durable: durable_tx,
             max_group: options.max_group.max(1),
-            failed: false,
+            tips: std::collections::HashMap::new(),
+            failed: failed.clone(),
+        };
+        let syncer = writer::Syncer {
+            db: db.clone(),
+            db_file,
+            durable: durable_tx,
+            failed,
         };
         let handle = std::thread::Builder::new()
             .name("eventlog-writer".into())
-            .spawn(move || w.run(rx))?;
+            .spawn(move || w.run(rx, syncer))?;
         Ok(EventLog {
             inner: Arc::new(Inner {
                 db,
@@ -459,6 +464,16 @@ impl EventLog {
     /// Walks the hash chains (every tenant's, or one) and reports the first break.
     pub fn verify(&self, tenant: Option<Uuid>) -> Result<VerifyReport> {
         verify::verify(self, tenant)
+    }
+
+    /// [`EventLog::verify`] with a chosen number of threads (the walk of every tenant is
+    /// split into that many ranges); for tests of the split itself.
+    pub fn verify_with_threads(
+        &self,
+        tenant: Option<Uuid>,
+        threads: usize,
+    ) -> Result<VerifyReport> {
+        verify::verify_with_threads(self, tenant, threads)
     }
 
     pub(crate) fn tree(&self) -> &sled::Tree {

@@ -226,6 +226,66 @@ impl RecordedEvent {
 
     /// Decodes a stored record. Also returns the length of the hashed header.
     pub fn decode(bytes: &[u8]) -> std::result::Result<(Self, usize), String> {
+        let v = RecordView::parse(bytes)?;
+        let actor = match v.actor_tag {
+            1 => Actor::ApiKey(
+                Uuid::from_slice(v.actor_id).map_err(|_| "bad api key actor".to_string())?,
+            ),
+            2 => Actor::Operator(utf8(v.actor_id)?),
+            3 => Actor::System(utf8(v.actor_id)?),
+            t => return Err(format!("unknown actor tag {t}")),
+        };
+        Ok((
+            RecordedEvent {
+                event_id: v.event_id,
+                tenant: v.tenant,
+                stream: StreamId {
+                    kind: utf8(v.stream_kind)?,
+                    id: utf8(v.stream_id)?,
+                },
+                version: v.version,
+                tenant_seq: v.tenant_seq,
+                position: v.position,
+                recorded_at_us: v.recorded_at_us,
+                actor,
+                correlation_id: v.correlation_id,
+                causation_id: v.causation_id,
+                event_type: utf8(v.event_type)?,
+                schema_version: v.schema_version,
+                payload_digest: v.payload_digest,
+                hash: v.hash,
+                payload: v.payload.to_vec(),
+            },
+            v.header.len(),
+        ))
+    }
+}
+
+/// A stored record parsed in place, without allocating: what verification needs.
+pub(crate) struct RecordView<'a> {
+    pub event_id: Uuid,
+    pub tenant: Uuid,
+    pub stream_kind: &'a [u8],
+    pub stream_id: &'a [u8],
+    pub version: u64,
+    pub tenant_seq: u64,
+    pub position: u64,
+    pub recorded_at_us: i64,
+    pub actor_tag: u8,
+    pub actor_id: &'a [u8],
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+    pub event_type: &'a [u8],
+    pub schema_version: u16,
+    /// The hashed header bytes, exactly as stored.
+    pub header: &'a [u8],
+    pub payload_digest: [u8; 32],
+    pub hash: [u8; 32],
+    pub payload: &'a [u8],
+}
+
+impl<'a> RecordView<'a> {
+    pub fn parse(bytes: &'a [u8]) -> std::result::Result<Self, String> {
         let mut r = Reader { bytes, at: 0 };
         let format = r.u8()?;
         if format != FORMAT_VERSION {
@@ -234,24 +294,16 @@ impl RecordedEvent {
         let event_id = r.uuid()?;
         let tenant = r.uuid()?;
         let kind_len = usize::from(r.u8()?);
-        let kind = r.string(kind_len)?;
+        let stream_kind = r.take(kind_len)?;
         let id_len = usize::from(r.u16()?);
-        let id = r.string(id_len)?;
+        let stream_id = r.take(id_len)?;
         let version = r.u64()?;
         let tenant_seq = r.u64()?;
         let position = r.u64()?;
         let recorded_at_us = i64::from_be_bytes(r.array()?);
         let actor_tag = r.u8()?;
         let actor_len = usize::from(r.u16()?);
-        let actor_bytes = r.take(actor_len)?;
-        let actor = match actor_tag {
-            1 => Actor::ApiKey(
-                Uuid::from_slice(actor_bytes).map_err(|_| "bad api key actor".to_string())?,
-            ),
-            2 => Actor::Operator(utf8(actor_bytes)?),
-            3 => Actor::System(utf8(actor_bytes)?),
-            t => return Err(format!("unknown actor tag {t}")),
-        };
+        let actor_id = r.take(actor_len)?;
         let correlation_id = r.uuid()?;
         let causation_id = match r.u8()? {
             0 => None,
@@ -259,37 +311,37 @@ impl RecordedEvent {
             t => return Err(format!("bad causation flag {t}")),
         };
         let type_len = usize::from(r.u8()?);
-        let event_type = r.string(type_len)?;
+        let event_type = r.take(type_len)?;
         let schema_version = r.u16()?;
-        let header_len = r.at;
+        let header = &bytes[..r.at];
         let payload_digest = r.array()?;
         let hash = r.array()?;
         let payload_len = usize::try_from(u32::from_be_bytes(r.array()?))
             .map_err(|_| "payload length overflows".to_string())?;
-        let payload = r.take(payload_len)?.to_vec();
+        let payload = r.take(payload_len)?;
         if r.at != bytes.len() {
             return Err("trailing bytes after payload".into());
         }
-        Ok((
-            RecordedEvent {
-                event_id,
-                tenant,
-                stream: StreamId { kind, id },
-                version,
-                tenant_seq,
-                position,
-                recorded_at_us,
-                actor,
-                correlation_id,
-                causation_id,
-                event_type,
-                schema_version,
-                payload_digest,
-                hash,
-                payload,
-            },
-            header_len,
-        ))
+        Ok(RecordView {
+            event_id,
+            tenant,
+            stream_kind,
+            stream_id,
+            version,
+            tenant_seq,
+            position,
+            recorded_at_us,
+            actor_tag,
+            actor_id,
+            correlation_id,
+            causation_id,
+            event_type,
+            schema_version,
+            header,
+            payload_digest,
+            hash,
+            payload,
+        })
     }
 }
 
@@ -330,8 +382,5 @@ impl<'a> Reader<'a> {
     }
     fn uuid(&mut self) -> std::result::Result<Uuid, String> {
         Ok(Uuid::from_bytes(self.array()?))
-    }
-    fn string(&mut self, n: usize) -> std::result::Result<String, String> {
-        utf8(self.take(n)?)
     }
 }

@@ -1,3 +1,10 @@
+//! Walking the hash chains.
+//!
+//! The walk of every tenant is split into contiguous ranges of positions, one per core.
+//! Each range is checked on its own, except the first record of each tenant in it, whose
+//! link needs the tenant's chain state from the ranges before; those links are checked
+//! while the ranges are merged in order. The outcome is exactly that of one sequential
+//! walk, including which break is reported first.
 use std::collections::HashMap;
 
 use uuid::Uuid;
@@ -5,8 +12,9 @@ use uuid::Uuid;
 use crate::chain;
 use crate::error::{Error, Result};
 use crate::keys;
+use crate::record::RecordView;
 use crate::writer::decode_tip;
-use crate::{EventLog, RecordedEvent};
+use crate::EventLog;
 
 /// The outcome of walking the chains.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,11 +32,6 @@ pub enum VerifyReport {
     },
 }
 
-struct ChainState {
-    seq: u64,
-    hash: [u8; 32],
-}
-
 fn broken(
     position: u64,
     tenant: Option<Uuid>,
@@ -43,93 +46,197 @@ fn broken(
     }
 }
 
-/// Checks one record against the chain state of its tenant; advances the state on success.
-fn check(
-    key: &[u8; 32],
-    expected_position: u64,
-    bytes: &[u8],
-    chains: &mut HashMap<Uuid, ChainState>,
-) -> Option<VerifyReport> {
-    let (rec, header_len) = match RecordedEvent::decode(bytes) {
-        Ok(r) => r,
-        Err(reason) => {
-            return Some(broken(
-                expected_position,
-                None,
-                None,
-                format!("undecodable record: {reason}"),
-            ))
-        }
-    };
-    let (t, s) = (Some(rec.tenant), Some(rec.tenant_seq));
-    if rec.position != expected_position {
-        return Some(broken(
-            expected_position,
-            t,
-            s,
-            format!("record claims position {}", rec.position),
-        ));
+fn position_of(report: &VerifyReport) -> u64 {
+    match report {
+        VerifyReport::Broken { position, .. } => *position,
+        VerifyReport::Ok { .. } => u64::MAX,
     }
-    let state = chains.entry(rec.tenant).or_insert_with(|| ChainState {
-        seq: 0,
-        hash: chain::genesis(rec.tenant),
-    });
-    if rec.tenant_seq != state.seq + 1 {
-        return Some(broken(
-            expected_position,
-            t,
-            s,
-            format!("tenant sequence {} follows {}", rec.tenant_seq, state.seq),
-        ));
-    }
-    if chain::payload_digest(key, rec.tenant, &rec.payload) != rec.payload_digest {
-        return Some(broken(
-            expected_position,
-            t,
-            s,
-            "payload does not match its digest",
-        ));
-    }
-    let Some(header) = bytes.get(..header_len) else {
-        return Some(broken(expected_position, t, s, "truncated header"));
-    };
-    if chain::link(&state.hash, header, &rec.payload_digest) != rec.hash {
-        return Some(broken(expected_position, t, s, "chain hash mismatch"));
-    }
-    state.seq = rec.tenant_seq;
-    state.hash = rec.hash;
-    None
 }
 
+/// A tenant's stretch of chain within one range.
+struct Span {
+    first_position: u64,
+    first_seq: u64,
+    /// The first record's link inputs, checked at merge: header, payload digest, hash.
+    first_link: (Vec<u8>, [u8; 32], [u8; 32]),
+    last_seq: u64,
+    last_hash: [u8; 32],
+}
+
+#[derive(Default)]
+struct RangeResult {
+    events: u64,
+    spans: HashMap<Uuid, Span>,
+    broken: Option<VerifyReport>,
+}
+
+/// Checks positions `lo..=hi`.
+fn verify_range(tree: &sled::Tree, key: &[u8; 32], lo: u64, hi: u64) -> Result<RangeResult> {
+    let mut out = RangeResult::default();
+    let mut expected = lo;
+    for item in tree.range(keys::global(lo)..=keys::global(hi)) {
+        let (k, bytes) = item?;
+        let pos = keys::u64_value(&k[1..]).unwrap_or(0);
+        if pos != expected {
+            out.broken = Some(broken(expected, None, None, "missing position"));
+            return Ok(out);
+        }
+        let v = match RecordView::parse(&bytes) {
+            Ok(v) => v,
+            Err(reason) => {
+                out.broken = Some(broken(
+                    pos,
+                    None,
+                    None,
+                    format!("undecodable record: {reason}"),
+                ));
+                return Ok(out);
+            }
+        };
+        let (t, s) = (Some(v.tenant), Some(v.tenant_seq));
+        if v.position != pos {
+            out.broken = Some(broken(
+                pos,
+                t,
+                s,
+                format!("record claims position {}", v.position),
+            ));
+            return Ok(out);
+        }
+        if chain::payload_digest(key, v.tenant, v.payload) != v.payload_digest {
+            out.broken = Some(broken(pos, t, s, "payload does not match its digest"));
+            return Ok(out);
+        }
+        match out.spans.get_mut(&v.tenant) {
+            None => {
+                out.spans.insert(
+                    v.tenant,
+                    Span {
+                        first_position: pos,
+                        first_seq: v.tenant_seq,
+                        first_link: (v.header.to_vec(), v.payload_digest, v.hash),
+                        last_seq: v.tenant_seq,
+                        last_hash: v.hash,
+                    },
+                );
+            }
+            Some(span) => {
+                if v.tenant_seq != span.last_seq + 1 {
+                    out.broken = Some(broken(
+                        pos,
+                        t,
+                        s,
+                        format!("tenant sequence {} follows {}", v.tenant_seq, span.last_seq),
+                    ));
+                    return Ok(out);
+                }
+                if chain::link(&span.last_hash, v.header, &v.payload_digest) != v.hash {
+                    out.broken = Some(broken(pos, t, s, "chain hash mismatch"));
+                    return Ok(out);
+                }
+                span.last_seq = v.tenant_seq;
+                span.last_hash = v.hash;
+            }
+        }
+        expected += 1;
+        out.events += 1;
+    }
+    if expected <= hi {
+        out.broken = Some(broken(expected, None, None, "missing position"));
+    }
+    Ok(out)
+}
+
+/// Below this many events one thread is quicker than splitting.
+const PARALLEL_FROM: u64 = 50_000;
+
+/// Walks with as many threads as cores, or one for a small log.
 pub(crate) fn verify(log: &EventLog, only: Option<Uuid>) -> Result<VerifyReport> {
+    let threads = if log.head() >= PARALLEL_FROM {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    } else {
+        1
+    };
+    verify_with_threads(log, only, threads)
+}
+
+pub(crate) fn verify_with_threads(
+    log: &EventLog,
+    only: Option<Uuid>,
+    threads: usize,
+) -> Result<VerifyReport> {
     let head = log.head();
     let tree = log.tree();
     let key = log.payload_key();
-    let mut chains: HashMap<Uuid, ChainState> = HashMap::new();
+    let mut chains: HashMap<Uuid, (u64, [u8; 32])> = HashMap::new();
     let mut events = 0u64;
     match only {
-        None => {
-            let mut expected = 1u64;
-            for item in tree.range(keys::global(1)..=keys::global(head.max(1))) {
-                let (k, v) = item?;
-                let pos = keys::u64_value(&k[1..]).unwrap_or(0);
-                if pos > head {
-                    break;
+        None if head > 0 => {
+            let threads = threads.max(1);
+            let per = head.div_ceil(u64::try_from(threads).unwrap_or(1));
+            let ranges: Vec<(u64, u64)> = (0..threads)
+                .filter_map(|i| {
+                    let lo = u64::try_from(i).ok()? * per + 1;
+                    (lo <= head).then(|| (lo, (lo + per - 1).min(head)))
+                })
+                .collect();
+            let results: Vec<Result<RangeResult>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = ranges
+                    .iter()
+                    .map(|&(lo, hi)| scope.spawn(move || verify_range(tree, key, lo, hi)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Storage("verify thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            for result in results {
+                let part = result?;
+                // The links into this range, checked in order of position.
+                let mut firsts: Vec<_> = part.spans.iter().collect();
+                firsts.sort_by_key(|(_, s)| s.first_position);
+                let mut failure: Option<VerifyReport> = None;
+                for (tenant, span) in firsts {
+                    let (seq, prev) = chains
+                        .get(tenant)
+                        .copied()
+                        .unwrap_or((0, chain::genesis(*tenant)));
+                    let (header, digest, hash) = &span.first_link;
+                    let (t, s) = (Some(*tenant), Some(span.first_seq));
+                    if span.first_seq != seq + 1 {
+                        failure = Some(broken(
+                            span.first_position,
+                            t,
+                            s,
+                            format!("tenant sequence {} follows {seq}", span.first_seq),
+                        ));
+                        break;
+                    }
+                    if chain::link(&prev, header, digest) != *hash {
+                        failure = Some(broken(span.first_position, t, s, "chain hash mismatch"));
+                        break;
+                    }
                 }
-                if pos != expected {
-                    return Ok(broken(expected, None, None, "missing position"));
+                let earliest = [failure, part.broken]
+                    .into_iter()
+                    .flatten()
+                    .min_by_key(position_of);
+                if let Some(report) = earliest {
+                    return Ok(report);
                 }
-                if let Some(b) = check(key, pos, &v, &mut chains) {
-                    return Ok(b);
+                for (tenant, span) in part.spans {
+                    chains.insert(tenant, (span.last_seq, span.last_hash));
                 }
-                expected += 1;
-                events += 1;
-            }
-            if events < head {
-                return Ok(broken(events + 1, None, None, "missing position"));
+                events += part.events;
             }
         }
+        None => {}
         Some(tenant) => {
+            let mut state = (0u64, chain::genesis(tenant));
             for item in tree.scan_prefix(keys::tenant_prefix(keys::TENANT_SEQ, tenant)) {
                 let (_, v) = item?;
                 let pos = keys::u64_value(&v).ok_or_else(|| Error::Storage("bad index".into()))?;
@@ -139,26 +246,66 @@ pub(crate) fn verify(log: &EventLog, only: Option<Uuid>) -> Result<VerifyReport>
                 let Some(bytes) = tree.get(keys::global(pos))? else {
                     return Ok(broken(pos, Some(tenant), None, "indexed record is missing"));
                 };
-                if let Some(b) = check(key, pos, &bytes, &mut chains) {
-                    return Ok(b);
-                }
-                if chains.len() > 1 || !chains.contains_key(&tenant) {
+                let v = match RecordView::parse(&bytes) {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        return Ok(broken(
+                            pos,
+                            Some(tenant),
+                            None,
+                            format!("undecodable record: {reason}"),
+                        ))
+                    }
+                };
+                let s = Some(v.tenant_seq);
+                if v.tenant != tenant {
                     return Ok(broken(
                         pos,
                         Some(tenant),
-                        None,
+                        s,
                         "record of another tenant in this tenant's index",
                     ));
                 }
+                if v.position != pos {
+                    return Ok(broken(
+                        pos,
+                        Some(tenant),
+                        s,
+                        format!("record claims position {}", v.position),
+                    ));
+                }
+                if v.tenant_seq != state.0 + 1 {
+                    return Ok(broken(
+                        pos,
+                        Some(tenant),
+                        s,
+                        format!("tenant sequence {} follows {}", v.tenant_seq, state.0),
+                    ));
+                }
+                if chain::payload_digest(key, tenant, v.payload) != v.payload_digest {
+                    return Ok(broken(
+                        pos,
+                        Some(tenant),
+                        s,
+                        "payload does not match its digest",
+                    ));
+                }
+                if chain::link(&state.1, v.header, &v.payload_digest) != v.hash {
+                    return Ok(broken(pos, Some(tenant), s, "chain hash mismatch"));
+                }
+                state = (v.tenant_seq, v.hash);
                 events += 1;
+            }
+            if events > 0 {
+                chains.insert(tenant, state);
             }
         }
     }
     // The chain cannot see a cut tail by itself; the stored tip can.
-    for (tenant, state) in &chains {
+    for (tenant, (seq_walked, hash_walked)) in &chains {
         if let Some(tip) = tree.get(keys::tenant_tip(*tenant))? {
             let (seq, hash) = decode_tip(&tip)?;
-            if seq == state.seq && hash != state.hash {
+            if seq == *seq_walked && hash != *hash_walked {
                 return Ok(broken(
                     0,
                     Some(*tenant),
@@ -169,14 +316,14 @@ pub(crate) fn verify(log: &EventLog, only: Option<Uuid>) -> Result<VerifyReport>
             // A tip ahead of the walk is a cut tail, unless the next event is simply not
             // durable yet (a group being fsynced while we walk).
             let next_in_flight = tree
-                .get(keys::tenant_seq(*tenant, state.seq + 1))?
+                .get(keys::tenant_seq(*tenant, seq_walked + 1))?
                 .and_then(|v| keys::u64_value(&v))
                 .is_some_and(|pos| pos > head);
-            if seq > state.seq && !next_in_flight {
+            if seq > *seq_walked && !next_in_flight {
                 return Ok(broken(
                     0,
                     Some(*tenant),
-                    Some(state.seq + 1),
+                    Some(seq_walked + 1),
                     "events missing from the end of the chain",
                 ));
             }
