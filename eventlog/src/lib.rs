@@ -3,6 +3,7 @@
 //! Layout:
 //! - `record`: the envelope (`RecordedEvent`) and its hand-written, versioned binary layout.
 //! - `keys`: the key layout of the one `log` tree.
+//! - `chunk`: consecutive records stored together under one key.
 //! - `chain`: the per-tenant blake3 hash chain.
 //! - `writer`: the single writer thread, group commit and fsync.
 //! - `subscription`: catch-up-then-live following of the log.
@@ -17,6 +18,7 @@
 //! - **Every tenant-scoped key starts with the tenant id: a read for one tenant cannot
 //!   return another's events.**
 mod chain;
+mod chunk;
 mod error;
 mod keys;
 mod record;
@@ -26,6 +28,7 @@ mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -33,6 +36,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+pub use chunk::record_location;
 pub use error::{Error, Result};
 pub use record::{Actor, Metadata, NewEvent, RecordedEvent, StreamId, FORMAT_VERSION, MAX_PAYLOAD};
 pub use subscription::Subscription;
@@ -107,6 +111,8 @@ struct Inner {
     payload_key: [u8; 32],
     tx: Mutex<Option<mpsc::Sender<AppendCmd>>>,
     durable: watch::Receiver<u64>,
+    /// The writer's last applied position: at or ahead of the durable head.
+    applied: Arc<AtomicU64>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -162,23 +168,39 @@ impl EventLog {
             .write(true)
             .open(dir.join("db"))?;
         // Everything on disk at open is durable: it survived whatever came before.
-        let (head, last_recorded_us) = match tree
+        let (head, last_recorded_us, tail) = match tree
             .range(keys::global(0)..=keys::global(u64::MAX))
             .next_back()
         {
             Some(item) => {
-                let (_, v) = item?;
-                let (rec, _) = RecordedEvent::decode(&v).map_err(|reason| Error::Corrupt {
-                    position: 0,
+                let (k, v) = item?;
+                let first = keys::u64_value(&k[1..]).unwrap_or(0);
+                let mut last = None;
+                for r in chunk::records(first, &v).map_err(|reason| Error::Corrupt {
+                    position: first,
                     reason,
+                })? {
+                    let (position, _, bytes) = r.map_err(|reason| Error::Corrupt {
+                        position: first,
+                        reason,
+                    })?;
+                    last = Some((position, bytes));
+                }
+                let (position, bytes) = last.ok_or_else(|| Error::Corrupt {
+                    position: first,
+                    reason: "empty chunk".into(),
                 })?;
-                (rec.position, rec.recorded_at_us)
+                let (rec, _) = RecordedEvent::decode(bytes)
+                    .map_err(|reason| Error::Corrupt { position, reason })?;
+                let tail = (v.len() < chunk::CHUNK_COALESCE).then(|| (first, v.to_vec()));
+                (position, rec.recorded_at_us, tail)
             }
-            None => (0, 0),
+            None => (0, 0, None),
         };
         let (durable_tx, durable_rx) = watch::channel(head);
         let (tx, rx) = mpsc::channel(4096);
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let applied = Arc::new(AtomicU64::new(head));
         let w = writer::Writer {
             tree: tree.clone(),
             payload_key: options.payload_key,
@@ -187,6 +209,8 @@ impl EventLog {
             max_group: options.max_group.max(1),
             tips: std::collections::HashMap::new(),
             failed: failed.clone(),
+            tail,
+            applied_shared: applied.clone(),
         };
         let syncer = writer::Syncer {
             db: db.clone(),
@@ -205,6 +229,7 @@ impl EventLog {
                 payload_key: options.payload_key,
                 tx: Mutex::new(Some(tx)),
                 durable: durable_rx,
+                applied,
                 writer: Mutex::new(Some(handle)),
             }),
         })
@@ -287,7 +312,7 @@ impl EventLog {
     }
 
     fn get_record(&self, position: u64) -> Result<Option<RecordedEvent>> {
-        match self.inner.tree.get(keys::global(position))? {
+        match chunk::record_bytes(&self.inner.tree, position)? {
             None => Ok(None),
             Some(bytes) => RecordedEvent::decode(&bytes)
                 .map(|(r, _)| Some(r))
@@ -295,6 +320,14 @@ impl EventLog {
         }
     }
 
+    /// The writer's last applied position; beyond the durable head only while a group is
+    /// being made durable.
+    pub(crate) fn applied(&self) -> u64 {
+        self.inner.applied.load(Ordering::SeqCst)
+    }
+
+    /// The records at `positions` (ascending), up to the durable head. Consecutive positions
+    /// often share a chunk, so the last chunk read is kept.
     fn records_at(
         &self,
         positions: impl Iterator<Item = Result<u64>>,
@@ -302,20 +335,22 @@ impl EventLog {
     ) -> Result<Vec<RecordedEvent>> {
         let head = self.head();
         let mut out = Vec::new();
+        let mut cache = chunk::ChunkCache::default();
         for pos in positions {
             let pos = pos?;
             if pos > head || out.len() >= max {
                 break;
             }
-            match self.get_record(pos)? {
-                Some(r) => out.push(r),
-                None => {
-                    return Err(Error::Corrupt {
-                        position: pos,
-                        reason: "indexed record is missing".into(),
-                    })
-                }
-            }
+            let found = cache.record(&self.inner.tree, pos)?;
+            let bytes = found.ok_or_else(|| Error::Corrupt {
+                position: pos,
+                reason: "indexed record is missing".into(),
+            })?;
+            let (rec, _) = RecordedEvent::decode(&bytes).map_err(|reason| Error::Corrupt {
+                position: pos,
+                reason,
+            })?;
+            out.push(rec);
         }
         Ok(out)
     }
@@ -324,23 +359,39 @@ impl EventLog {
     /// head. For projectors, replication and operators only: never for a tenant's caller.
     pub fn read_all(&self, after: u64, max: usize) -> Result<Vec<RecordedEvent>> {
         let head = self.head();
-        if after >= head {
+        if after >= head || max == 0 {
             return Ok(Vec::new());
         }
+        let start = match chunk::chunk_at(&self.inner.tree, after + 1)? {
+            Some((first, _)) => first,
+            None => 1,
+        };
         let mut out = Vec::with_capacity(max.min(4096));
         for item in self
             .inner
             .tree
-            .range(keys::global(after.saturating_add(1))..=keys::global(head))
+            .range(keys::global(start)..=keys::global(head))
         {
-            if out.len() >= max {
-                break;
-            }
             let (k, v) = item?;
-            let position = keys::u64_value(&k[1..]).unwrap_or(0);
-            let (rec, _) =
-                RecordedEvent::decode(&v).map_err(|reason| Error::Corrupt { position, reason })?;
-            out.push(rec);
+            let first = keys::u64_value(&k[1..]).unwrap_or(0);
+            for r in chunk::records(first, &v).map_err(|reason| Error::Corrupt {
+                position: first,
+                reason,
+            })? {
+                let (position, _, bytes) = r.map_err(|reason| Error::Corrupt {
+                    position: first,
+                    reason,
+                })?;
+                if position <= after {
+                    continue;
+                }
+                if position > head || out.len() >= max {
+                    return Ok(out);
+                }
+                let (rec, _) = RecordedEvent::decode(bytes)
+                    .map_err(|reason| Error::Corrupt { position, reason })?;
+                out.push(rec);
+            }
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::chain;
+use crate::chunk;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::record::RecordView;
@@ -65,86 +66,133 @@ struct Span {
 
 #[derive(Default)]
 struct RangeResult {
+    /// First and last position walked in this range.
+    first: Option<u64>,
+    last: u64,
     events: u64,
     spans: HashMap<Uuid, Span>,
     broken: Option<VerifyReport>,
 }
 
-/// Checks positions `lo..=hi`.
-fn verify_range(tree: &sled::Tree, key: &[u8; 32], lo: u64, hi: u64) -> Result<RangeResult> {
+/// Checks the chunks whose first position lies in `lo..=hi`, up to the durable `head`.
+fn verify_range(
+    tree: &sled::Tree,
+    key: &[u8; 32],
+    lo: u64,
+    hi: u64,
+    head: u64,
+) -> Result<RangeResult> {
     let mut out = RangeResult::default();
-    let mut expected = lo;
     for item in tree.range(keys::global(lo)..=keys::global(hi)) {
         let (k, bytes) = item?;
-        let pos = keys::u64_value(&k[1..]).unwrap_or(0);
-        if pos != expected {
-            out.broken = Some(broken(expected, None, None, "missing position"));
-            return Ok(out);
+        let first = keys::u64_value(&k[1..]).unwrap_or(0);
+        match out.first {
+            Some(_) if first != out.last + 1 => {
+                out.broken = Some(broken(out.last + 1, None, None, "missing position"));
+                return Ok(out);
+            }
+            Some(_) => {}
+            None => out.first = Some(first),
         }
-        let v = match RecordView::parse(&bytes) {
-            Ok(v) => v,
+        let records = match chunk::records(first, &bytes) {
+            Ok(r) => r,
             Err(reason) => {
                 out.broken = Some(broken(
-                    pos,
+                    first,
                     None,
                     None,
-                    format!("undecodable record: {reason}"),
+                    format!("undecodable chunk: {reason}"),
                 ));
                 return Ok(out);
             }
         };
-        let (t, s) = (Some(v.tenant), Some(v.tenant_seq));
-        if v.position != pos {
-            out.broken = Some(broken(
-                pos,
-                t,
-                s,
-                format!("record claims position {}", v.position),
-            ));
-            return Ok(out);
-        }
-        if chain::payload_digest(key, v.tenant, v.payload) != v.payload_digest {
-            out.broken = Some(broken(pos, t, s, "payload does not match its digest"));
-            return Ok(out);
-        }
-        match out.spans.get_mut(&v.tenant) {
-            None => {
-                out.spans.insert(
-                    v.tenant,
-                    Span {
-                        first_position: pos,
-                        first_seq: v.tenant_seq,
-                        first_link: (v.header.to_vec(), v.payload_digest, v.hash),
-                        last_seq: v.tenant_seq,
-                        last_hash: v.hash,
-                    },
-                );
-            }
-            Some(span) => {
-                if v.tenant_seq != span.last_seq + 1 {
+        for item in records {
+            let (pos, _, record) = match item {
+                Ok(r) => r,
+                Err(reason) => {
                     out.broken = Some(broken(
-                        pos,
-                        t,
-                        s,
-                        format!("tenant sequence {} follows {}", v.tenant_seq, span.last_seq),
+                        out.last + 1,
+                        None,
+                        None,
+                        format!("undecodable chunk: {reason}"),
                     ));
                     return Ok(out);
                 }
-                if chain::link(&span.last_hash, v.header, &v.payload_digest) != v.hash {
-                    out.broken = Some(broken(pos, t, s, "chain hash mismatch"));
-                    return Ok(out);
-                }
-                span.last_seq = v.tenant_seq;
-                span.last_hash = v.hash;
+            };
+            if pos > head {
+                return Ok(out);
             }
+            if let Some(report) = check_record(key, pos, record, &mut out.spans) {
+                out.broken = Some(report);
+                return Ok(out);
+            }
+            out.last = pos;
+            out.events += 1;
         }
-        expected += 1;
-        out.events += 1;
-    }
-    if expected <= hi {
-        out.broken = Some(broken(expected, None, None, "missing position"));
     }
     Ok(out)
+}
+
+/// Checks one record against its tenant's span in the range (or opens the span).
+fn check_record(
+    key: &[u8; 32],
+    pos: u64,
+    bytes: &[u8],
+    spans: &mut HashMap<Uuid, Span>,
+) -> Option<VerifyReport> {
+    let v = match RecordView::parse(bytes) {
+        Ok(v) => v,
+        Err(reason) => {
+            return Some(broken(
+                pos,
+                None,
+                None,
+                format!("undecodable record: {reason}"),
+            ))
+        }
+    };
+    let (t, s) = (Some(v.tenant), Some(v.tenant_seq));
+    if v.position != pos {
+        return Some(broken(
+            pos,
+            t,
+            s,
+            format!("record claims position {}", v.position),
+        ));
+    }
+    if chain::payload_digest(key, v.tenant, v.payload) != v.payload_digest {
+        return Some(broken(pos, t, s, "payload does not match its digest"));
+    }
+    match spans.get_mut(&v.tenant) {
+        None => {
+            spans.insert(
+                v.tenant,
+                Span {
+                    first_position: pos,
+                    first_seq: v.tenant_seq,
+                    first_link: (v.header.to_vec(), v.payload_digest, v.hash),
+                    last_seq: v.tenant_seq,
+                    last_hash: v.hash,
+                },
+            );
+        }
+        Some(span) => {
+            if v.tenant_seq != span.last_seq + 1 {
+                return Some(broken(
+                    pos,
+                    t,
+                    s,
+                    format!("tenant sequence {} follows {}", v.tenant_seq, span.last_seq),
+                ));
+            }
+            if chain::link(&span.last_hash, v.header, &v.payload_digest) != v.hash {
+                return Some(broken(pos, t, s, "chain hash mismatch"));
+            }
+            span.last_seq = v.tenant_seq;
+            span.last_hash = v.hash;
+        }
+    }
+    None
 }
 
 /// Below this many events one thread is quicker than splitting.
@@ -183,7 +231,7 @@ pub(crate) fn verify_with_threads(
             let results: Vec<Result<RangeResult>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = ranges
                     .iter()
-                    .map(|&(lo, hi)| scope.spawn(move || verify_range(tree, key, lo, hi)))
+                    .map(|&(lo, hi)| scope.spawn(move || verify_range(tree, key, lo, hi, head)))
                     .collect();
                 handles
                     .into_iter()
@@ -194,8 +242,16 @@ pub(crate) fn verify_with_threads(
                     })
                     .collect()
             });
+            let mut walked = 0u64;
             for result in results {
                 let part = result?;
+                let Some(part_first) = part.first else {
+                    // No chunk starts in this range: its records belong to the range before.
+                    continue;
+                };
+                if part_first != walked + 1 {
+                    return Ok(broken(walked + 1, None, None, "missing position"));
+                }
                 // The links into this range, checked in order of position.
                 let mut firsts: Vec<_> = part.spans.iter().collect();
                 firsts.sort_by_key(|(_, s)| s.first_position);
@@ -232,18 +288,23 @@ pub(crate) fn verify_with_threads(
                     chains.insert(tenant, (span.last_seq, span.last_hash));
                 }
                 events += part.events;
+                walked = part.last;
+            }
+            if walked != head {
+                return Ok(broken(walked + 1, None, None, "missing position"));
             }
         }
         None => {}
         Some(tenant) => {
             let mut state = (0u64, chain::genesis(tenant));
+            let mut cache = chunk::ChunkCache::default();
             for item in tree.scan_prefix(keys::tenant_prefix(keys::TENANT_SEQ, tenant)) {
                 let (_, v) = item?;
                 let pos = keys::u64_value(&v).ok_or_else(|| Error::Storage("bad index".into()))?;
                 if pos > head {
                     break;
                 }
-                let Some(bytes) = tree.get(keys::global(pos))? else {
+                let Some(bytes) = cache.record(tree, pos)? else {
                     return Ok(broken(pos, Some(tenant), None, "indexed record is missing"));
                 };
                 let v = match RecordView::parse(&bytes) {
@@ -318,7 +379,7 @@ pub(crate) fn verify_with_threads(
             let next_in_flight = tree
                 .get(keys::tenant_seq(*tenant, seq_walked + 1))?
                 .and_then(|v| keys::u64_value(&v))
-                .is_some_and(|pos| pos > head);
+                .is_some_and(|pos| pos > head && pos <= log.applied());
             if seq > *seq_walked && !next_in_flight {
                 return Ok(broken(
                     0,

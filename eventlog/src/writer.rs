@@ -26,14 +26,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::chain;
+use crate::chunk;
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::record::{
     Metadata, NewEvent, RecordedEvent, StreamId, MAX_ACTOR_ID, MAX_EVENT_TYPE, MAX_PAYLOAD,
 };
 use crate::{AppendOutcome, ExpectedVersion};
-
-thread_local!(static TIMES: std::cell::RefCell<[u128; 6]> = const { std::cell::RefCell::new([0; 6]) });
 
 /// Most events one append may carry: a group must stay small enough to flush quickly.
 pub const MAX_EVENTS_PER_APPEND: usize = 1000;
@@ -62,6 +61,12 @@ pub(crate) struct Writer {
     /// Set after a storage failure by either thread: the in-memory view may then be ahead
     /// of the disk, so every later append is refused until the process restarts.
     pub failed: Arc<AtomicBool>,
+    /// The last chunk while it is small enough to be extended (first position, bytes); a
+    /// copy, so that extending it needs no read.
+    pub tail: Option<(u64, Vec<u8>)>,
+    /// `applied`, published for readers that must tell an append in flight (applied, not
+    /// yet durable) from a missing one.
+    pub applied_shared: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A group applied to sled, waiting to be made durable and answered.
@@ -130,6 +135,9 @@ impl Syncer {
 #[derive(Default)]
 struct Pending {
     batch: sled::Batch,
+    /// The chunks this group writes: (first position, value). The first may be a copy of
+    /// the tail chunk, extended.
+    chunks: Vec<(u64, Vec<u8>)>,
     /// Stream prefix → version staged in this group.
     stream_heads: HashMap<Vec<u8>, u64>,
     tips: HashMap<Uuid, (u64, [u8; 32])>,
@@ -194,6 +202,11 @@ impl Writer {
             replies.push((cmd.reply, result));
         }
         if position > self.applied {
+            for (first, chunk) in &pending.chunks {
+                pending
+                    .batch
+                    .insert(&keys::global(*first), chunk.as_slice());
+            }
             if let Err(e) = self.tree.apply_batch(pending.batch) {
                 tracing::error!(error = %e, "event log storage failure; refusing writes until restart");
                 self.failed.store(true, Ordering::SeqCst);
@@ -208,6 +221,11 @@ impl Writer {
             self.applied = position;
             self.last_recorded_us = now;
             self.tips.extend(pending.tips);
+            self.tail = pending
+                .chunks
+                .pop()
+                .filter(|(_, c)| c.len() < chunk::CHUNK_COALESCE);
+            self.applied_shared.store(position, Ordering::SeqCst);
         }
         Applied {
             position: self.applied,
@@ -319,7 +337,8 @@ impl Writer {
             rec.hash = chain::link(&prev, &header, &rec.payload_digest);
             prev = rec.hash;
             let pos_bytes = position.to_be_bytes();
-            pending.batch.insert(&keys::global(*position), rec.encode());
+            let record = rec.encode();
+            self.add_to_chunk(pending, *position, &record);
             pending
                 .batch
                 .insert(&keys::tenant_seq(tenant, seq), &pos_bytes);
@@ -362,13 +381,31 @@ impl Writer {
     }
 
     fn read_committed(&self, position: u64) -> Result<RecordedEvent> {
-        let bytes = self
-            .tree
-            .get(keys::global(position))?
+        let bytes = chunk::record_bytes(&self.tree, position)?
             .ok_or_else(|| corrupt(position, "indexed record is missing"))?;
         RecordedEvent::decode(&bytes)
             .map(|(r, _)| r)
             .map_err(|reason| Error::Corrupt { position, reason })
+    }
+
+    /// Puts a record into the group's current chunk, opening a new one when it is full. A
+    /// group's first record may extend the small tail chunk of the groups before.
+    fn add_to_chunk(&self, pending: &mut Pending, position: u64, record: &[u8]) {
+        if pending.chunks.is_empty() {
+            match &self.tail {
+                Some((first, bytes)) if chunk::fits(bytes, record.len(), chunk::CHUNK_COALESCE) => {
+                    pending.chunks.push((*first, bytes.clone()));
+                }
+                _ => pending.chunks.push((position, Vec::new())),
+            }
+        } else if let Some((_, last)) = pending.chunks.last() {
+            if !chunk::fits(last, record.len(), chunk::CHUNK_TARGET) {
+                pending.chunks.push((position, Vec::new()));
+            }
+        }
+        if let Some((_, last)) = pending.chunks.last_mut() {
+            chunk::push(last, record);
+        }
     }
 }
 

@@ -22,6 +22,24 @@ fn ev(event_type: &str, payload: &str) -> NewEvent {
     }
 }
 
+/// Alters the stored bytes of the record at `position` directly in sled: `f` gets the
+/// chunk value holding it and the record's byte range within it.
+fn alter(
+    dir: &std::path::Path,
+    position: u64,
+    f: impl FnOnce(&mut Vec<u8>, std::ops::Range<usize>),
+) {
+    let db = sled::open(dir).unwrap();
+    let tree = db.open_tree("log").unwrap();
+    let (key, range) = eventlog::record_location(&tree, position)
+        .unwrap()
+        .expect("record is stored");
+    let mut v = tree.get(&key).unwrap().unwrap().to_vec();
+    f(&mut v, range);
+    tree.insert(&key, v).unwrap();
+    db.flush().unwrap();
+}
+
 fn meta() -> Metadata {
     Metadata::new(Actor::System("test".into()), Uuid::now_v7())
 }
@@ -256,17 +274,7 @@ fn verify_names_the_position_of_one_altered_byte() {
         );
     }
     // Alter the last byte (inside the payload) of the record at position 7, directly in sled.
-    {
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("log").unwrap();
-        let mut key = vec![b'G'];
-        key.extend_from_slice(&7u64.to_be_bytes());
-        let mut v = tree.get(&key).unwrap().unwrap().to_vec();
-        let last = v.len() - 1;
-        v[last] ^= 0x01;
-        tree.insert(&key, v).unwrap();
-        db.flush().unwrap();
-    }
+    alter(dir.path(), 7, |v, r| v[r.end - 1] ^= 0x01);
     let log = open(dir.path());
     for report in [log.verify(None).unwrap(), log.verify(Some(t)).unwrap()] {
         match report {
@@ -300,20 +308,23 @@ fn verify_catches_an_altered_header_byte_and_a_cut_tail() {
             .unwrap();
         }
     }
+    // Cut the tail: the last record disappears, the tenant's stored tip still names it.
+    alter(dir.path(), 5, |v, r| v.truncate(r.start - 4));
     {
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("log").unwrap();
-        let mut key = vec![b'G'];
-        key.extend_from_slice(&3u64.to_be_bytes());
-        let mut v = tree.get(&key).unwrap().unwrap().to_vec();
-        // The last byte of the event id.
-        v[16] ^= 0x80;
-        tree.insert(&key, v).unwrap();
-        let mut tail = vec![b'G'];
-        tail.extend_from_slice(&5u64.to_be_bytes());
-        tree.remove(&tail).unwrap();
-        db.flush().unwrap();
+        let log = open(dir.path());
+        assert_eq!(log.head(), 4);
+        match log.verify(None).unwrap() {
+            VerifyReport::Broken {
+                tenant_seq, reason, ..
+            } => {
+                assert_eq!(tenant_seq, Some(5));
+                assert!(reason.contains("missing from the end"), "{reason}");
+            }
+            other => panic!("a cut tail went unnoticed: {other:?}"),
+        }
     }
+    // The last byte of the event id of record 3: its header no longer links.
+    alter(dir.path(), 3, |v, r| v[r.start + 16] ^= 0x80);
     let log = open(dir.path());
     assert!(matches!(
         log.verify(None).unwrap(),
@@ -521,9 +532,13 @@ fn a_split_walk_reports_exactly_what_one_walk_reports() {
             );
         }
     }
-    // Break the chain at a record that opens a range of the split walk (position 151 with
-    // two ranges of 150), so that the break is found while merging, and at one inside a range.
-    for (target, threads) in [(151u64, 2usize), (226, 4), (17, 3)] {
+    // Break the chain around the start of the second of two ranges (ranges begin at the
+    // first chunk starting at or after position 151): some of these records open the range,
+    // so their break is found while merging; others are found inside a range.
+    let targets = (148u64..=156)
+        .map(|t| (t, 2usize))
+        .chain([(226, 4), (17, 3)]);
+    for (target, threads) in targets {
         let copy = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             let entry = entry.unwrap();
@@ -531,17 +546,8 @@ fn a_split_walk_reports_exactly_what_one_walk_reports() {
                 std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
             }
         }
-        {
-            let db = sled::open(copy.path()).unwrap();
-            let tree = db.open_tree("log").unwrap();
-            let mut key = vec![b'G'];
-            key.extend_from_slice(&target.to_be_bytes());
-            let mut v = tree.get(&key).unwrap().unwrap().to_vec();
-            // A byte of the event id: the header changes, so the stored hash no longer links.
-            v[5] ^= 0x01;
-            tree.insert(&key, v).unwrap();
-            db.flush().unwrap();
-        }
+        // A byte of the event id: the header changes, so the stored hash no longer links.
+        alter(copy.path(), target, |v, r| v[r.start + 5] ^= 0x01);
         let log = open(copy.path());
         let single = log.verify_with_threads(None, 1).unwrap();
         let split = log.verify_with_threads(None, threads).unwrap();

@@ -108,11 +108,12 @@ fn audit_verify_names_the_position_of_a_byte_altered_in_sled() {
     {
         let db = sled::open(d).unwrap();
         let tree = db.open_tree("log").unwrap();
-        let mut key = vec![b'G'];
-        key.extend_from_slice(&2u64.to_be_bytes());
+        let (key, record) = eventlog::record_location(&tree, 2)
+            .unwrap()
+            .expect("record 2 is stored");
         let mut v = tree.get(&key).unwrap().unwrap().to_vec();
-        let at = v.len() - 3;
-        v[at] ^= 0x20;
+        // A byte of the payload, near the end of record 2.
+        v[record.end - 3] ^= 0x20;
         tree.insert(&key, v).unwrap();
         db.flush().unwrap();
     }
