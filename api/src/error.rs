@@ -98,7 +98,9 @@ impl From<eventlog::Error> for ApiError {
                 ApiError::new(409, "CONFLICT", e.to_string())
             }
             E::InvalidInput(_) => ApiError::new(422, "VALIDATION_FAILED", e.to_string()),
-            E::Corrupt { .. } | E::UnsupportedFormat { .. } => ApiError::internal(e.to_string()),
+            E::Corrupt { .. } | E::UnsupportedFormat { .. } | E::WrongKey => {
+                ApiError::internal(e.to_string())
+            }
             E::Locked | E::Unavailable | E::Storage(_) | E::Closed => {
                 ApiError::unavailable(e.to_string())
             }

@@ -24,6 +24,8 @@ pub enum Error {
     Locked,
     #[error("the on-disk format version {found} is not supported (this build reads {supported})")]
     UnsupportedFormat { found: u8, supported: u8 },
+    #[error("this log was written with another payload key: the configured pepper is not the one this data folder was created with")]
+    WrongKey,
     #[error("the log refuses writes after a storage failure; restart the process")]
     Unavailable,
     #[error("corrupt record at position {position}: {reason}")]

@@ -163,6 +163,17 @@ impl EventLog {
                 tree.insert(&format_key, &[FORMAT_VERSION])?;
             }
         }
+        // A check value of the payload key: a wrong key would otherwise look exactly like a
+        // tampered payload at the first event.
+        let check_key = keys::meta("payload_key_check");
+        let check = blake3::keyed_hash(&options.payload_key, b"postledger payload key check v1");
+        match tree.get(&check_key)? {
+            Some(v) if v.as_ref() != check.as_bytes() => return Err(Error::WrongKey),
+            Some(_) => {}
+            None => {
+                tree.insert(&check_key, check.as_bytes())?;
+            }
+        }
         let db_file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

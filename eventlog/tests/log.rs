@@ -240,6 +240,38 @@ fn reopening_keeps_everything_and_continues_the_chain() {
 }
 
 #[test]
+fn opening_with_another_payload_key_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    assert!(matches!(
+        EventLog::open(dir.path(), Options::new([8u8; 32])),
+        Err(Error::WrongKey)
+    ));
+    open(dir.path());
+}
+
+#[test]
+fn an_unknown_on_disk_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("log")
+            .unwrap()
+            .insert(b"Mformat", &[2u8])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        EventLog::open(dir.path(), Options::new(KEY)),
+        Err(Error::UnsupportedFormat {
+            found: 2,
+            supported: 1
+        })
+    ));
+}
+
+#[test]
 fn a_second_open_of_the_folder_is_refused_as_locked() {
     let dir = tempfile::tempdir().unwrap();
     let _log = open(dir.path());

@@ -127,6 +127,26 @@ fn audit_verify_names_the_position_of_a_byte_altered_in_sled() {
 }
 
 #[test]
+fn a_folder_opened_with_another_pepper_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(dir.path(), &["tenant", "create", "--name", "Peppered"])
+        .status
+        .success());
+    let other = "cd".repeat(32);
+    let o = run(dir.path(), &["--pepper", &other, "audit", "verify"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("pepper is not the one"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        stdout(&run(dir.path(), &["audit", "verify"])),
+        "OK: 1 events in 1 tenants verified"
+    );
+}
+
+#[test]
 fn production_mode_refuses_the_generated_pepper() {
     let dir = tempfile::tempdir().unwrap();
     let o = run(
