@@ -109,11 +109,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.data_dir.display()
     );
     let handle = running.server.handle();
+    let app = running.app.clone();
     let server = tokio::spawn(running.server);
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.stop(true).await;
     let _ = server.await;
+    app.projections.stop().await;
     let _ = std::fs::remove_file(server_record_path(&config.data_dir));
     Ok(())
 }

@@ -75,30 +75,38 @@ struct Running {
 }
 
 /// Runs every projector as a task that follows the log.
+///
+/// The tasks hold the log, so they would keep it (and the data folder's lock) alive
+/// forever; they end on [`Projections::stop`], or once every handle is dropped.
 #[derive(Clone)]
 pub struct Projections {
     log: EventLog,
     running: Arc<HashMap<&'static str, Running>>,
+    stop: Arc<watch::Sender<bool>>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Projections {
     /// Starts one task per projector, each from its stored checkpoint. Needs a tokio runtime.
     pub fn start(log: EventLog, projectors: Vec<Arc<dyn Projector>>) -> Result<Projections> {
         let mut running = HashMap::new();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
         for projector in projectors {
             let tree = log.db().open_tree(tree_name(projector.name()))?;
             let start = read_checkpoint(&tree)?;
             let (cp_tx, cp_rx) = watch::channel(start);
             let (reset_tx, reset_rx) = mpsc::channel(4);
             let failed = Arc::new(std::sync::Mutex::new(None));
-            tokio::spawn(follow(
+            tasks.push(tokio::spawn(follow(
                 log.clone(),
                 projector.clone(),
                 tree.clone(),
                 cp_tx,
                 reset_rx,
                 failed.clone(),
-            ));
+                stop_rx.clone(),
+            )));
             running.insert(
                 projector.name(),
                 Running {
@@ -113,7 +121,22 @@ impl Projections {
         Ok(Projections {
             log,
             running: Arc::new(running),
+            stop: Arc::new(stop),
+            tasks: Arc::new(std::sync::Mutex::new(tasks)),
         })
+    }
+
+    /// Stops every projection task and waits for them, so that the log they held is
+    /// released. What was applied stays applied; a later start resumes from there.
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        let tasks = match self.tasks.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     /// Read access to one projector's model.
@@ -231,10 +254,15 @@ async fn follow(
     checkpoint: watch::Sender<u64>,
     mut reset: mpsc::Receiver<tokio::sync::oneshot::Sender<()>>,
     failed: Arc<std::sync::Mutex<Option<String>>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut sub = log.subscribe(*checkpoint.borrow());
     loop {
+        if *stop.borrow() {
+            return;
+        }
         let batch = tokio::select! {
+            _ = stop.changed() => return,
             b = sub.next_batch(CHUNK) => b,
             Some(done) = reset.recv() => {
                 let cleared = {
@@ -274,7 +302,11 @@ async fn follow(
                     *f = Some(e.to_string());
                 }
                 // Wait for a rebuild (or shutdown) rather than skipping the event.
-                match reset.recv().await {
+                let next = tokio::select! {
+                    _ = stop.changed() => return,
+                    r = reset.recv() => r,
+                };
+                match next {
                     Some(done) => {
                         let _ = tree.clear();
                         if let Ok(mut f) = failed.lock() {
