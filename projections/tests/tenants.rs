@@ -3,9 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::{
-    ApiKeyId, ApiKeyRole, DomainEvent, TenantCommand, TenantEvent, TenantId, TenantState,
-};
+use domain::{ApiKeyId, ApiKeyRole, DomainEvent, TenantCommand, TenantId, TenantState};
 use eventlog::{Actor, EventLog, ExpectedVersion, Metadata, NewEvent, Options, StreamId};
 use projections::tenants::{Tenants, TenantsProjector, NAME};
 use projections::Projections;
