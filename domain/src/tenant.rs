@@ -139,35 +139,32 @@ pub struct ApiKeyState {
 }
 
 fn validate_name(name: &str) -> Result<String> {
-    let invalid = |reason: &str| DomainError::InvalidTenantName {
-        reason: reason.to_string(),
-    };
-    let trimmed = name.trim();
-    if trimmed.is_empty() {
-        return Err(invalid("must not be empty"));
-    }
-    if trimmed.chars().count() > MAX_TENANT_NAME_CHARS {
-        return Err(invalid("must be at most 100 characters"));
-    }
-    if trimmed.chars().any(char::is_control) {
-        return Err(invalid("must not contain control characters"));
-    }
-    Ok(trimmed.to_string())
+    validate_text(name, MAX_TENANT_NAME_CHARS, |reason| {
+        DomainError::InvalidTenantName { reason }
+    })
 }
 
 fn validate_label(label: &str) -> Result<String> {
-    let invalid = |reason: &str| DomainError::InvalidLabel {
-        reason: reason.to_string(),
-    };
-    let trimmed = label.trim();
+    validate_text(label, MAX_LABEL_CHARS, |reason| DomainError::InvalidLabel {
+        reason,
+    })
+}
+
+/// A short human text: trimmed, not empty, at most `max` characters, no control characters.
+fn validate_text(
+    text: &str,
+    max: usize,
+    invalid: impl Fn(String) -> DomainError,
+) -> Result<String> {
+    let trimmed = text.trim();
     if trimmed.is_empty() {
-        return Err(invalid("must not be empty"));
+        return Err(invalid("must not be empty".into()));
     }
-    if trimmed.chars().count() > MAX_LABEL_CHARS {
-        return Err(invalid("must be at most 100 characters"));
+    if trimmed.chars().count() > max {
+        return Err(invalid(format!("must be at most {max} characters")));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(invalid("must not contain control characters"));
+        return Err(invalid("must not contain control characters".into()));
     }
     Ok(trimmed.to_string())
 }

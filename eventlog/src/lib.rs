@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 pub use chunk::record_location;
@@ -275,15 +275,7 @@ impl EventLog {
         events: Vec<NewEvent>,
         meta: Metadata,
     ) -> Result<AppendOutcome> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = AppendCmd {
-            tenant,
-            stream,
-            expected,
-            events,
-            meta,
-            reply,
-        };
+        let (cmd, rx) = AppendCmd::new(tenant, stream, expected, events, meta);
         self.sender()?.send(cmd).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
@@ -297,15 +289,7 @@ impl EventLog {
         events: Vec<NewEvent>,
         meta: Metadata,
     ) -> Result<AppendOutcome> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = AppendCmd {
-            tenant,
-            stream,
-            expected,
-            events,
-            meta,
-            reply,
-        };
+        let (cmd, rx) = AppendCmd::new(tenant, stream, expected, events, meta);
         self.sender()?
             .blocking_send(cmd)
             .map_err(|_| Error::Closed)?;

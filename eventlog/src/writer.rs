@@ -46,6 +46,28 @@ pub(crate) struct AppendCmd {
     pub reply: oneshot::Sender<Result<AppendOutcome>>,
 }
 
+impl AppendCmd {
+    /// A request and the receiver of its answer.
+    pub fn new(
+        tenant: Uuid,
+        stream: StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        meta: Metadata,
+    ) -> (Self, oneshot::Receiver<Result<AppendOutcome>>) {
+        let (reply, rx) = oneshot::channel();
+        let cmd = AppendCmd {
+            tenant,
+            stream,
+            expected,
+            events,
+            meta,
+            reply,
+        };
+        (cmd, rx)
+    }
+}
+
 pub(crate) struct Writer {
     pub tree: sled::Tree,
     pub payload_key: [u8; 32],
