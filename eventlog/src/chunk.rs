@@ -94,6 +94,24 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
+/// The records of one stored `G` entry (its sled key and value), with their positions; a
+/// damaged chunk is an [`Error::Corrupt`].
+pub fn entry_records<'a>(
+    key: &[u8],
+    value: &'a [u8],
+) -> Result<impl Iterator<Item = Result<(u64, &'a [u8])>> + 'a> {
+    let first = key.get(1..).and_then(keys::u64_value).unwrap_or(0);
+    let corrupt = move |reason| Error::Corrupt {
+        position: first,
+        reason,
+    };
+    let records = records(first, value).map_err(corrupt)?;
+    Ok(records.map(move |r| {
+        r.map(|(position, _, bytes)| (position, bytes))
+            .map_err(corrupt)
+    }))
+}
+
 /// The chunk holding `position`, if any: (first position, value).
 pub fn chunk_at(tree: &sled::Tree, position: u64) -> Result<Option<(u64, sled::IVec)>> {
     match tree

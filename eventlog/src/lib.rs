@@ -187,15 +187,8 @@ impl EventLog {
                 let (k, v) = item?;
                 let first = keys::u64_value(&k[1..]).unwrap_or(0);
                 let mut last = None;
-                for r in chunk::records(first, &v).map_err(|reason| Error::Corrupt {
-                    position: first,
-                    reason,
-                })? {
-                    let (position, _, bytes) = r.map_err(|reason| Error::Corrupt {
-                        position: first,
-                        reason,
-                    })?;
-                    last = Some((position, bytes));
+                for r in chunk::entry_records(&k, &v)? {
+                    last = Some(r?);
                 }
                 let (position, bytes) = last.ok_or_else(|| Error::Corrupt {
                     position: first,
@@ -368,15 +361,8 @@ impl EventLog {
             .range(keys::global(start)..=keys::global(head))
         {
             let (k, v) = item?;
-            let first = keys::u64_value(&k[1..]).unwrap_or(0);
-            for r in chunk::records(first, &v).map_err(|reason| Error::Corrupt {
-                position: first,
-                reason,
-            })? {
-                let (position, _, bytes) = r.map_err(|reason| Error::Corrupt {
-                    position: first,
-                    reason,
-                })?;
+            for r in chunk::entry_records(&k, &v)? {
+                let (position, bytes) = r?;
                 if position <= after {
                     continue;
                 }
