@@ -274,7 +274,14 @@ fn with_target(
             Target::Direct { config, log }
         }
         Err(eventlog::Error::Locked) => {
-            let Some(record) = server::read_server_record(&config.data_dir) else {
+            // A server that is starting holds the lock a moment before it records itself.
+            let mut record = server::read_server_record(&config.data_dir);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while record.is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                record = server::read_server_record(&config.data_dir);
+            }
+            let Some(record) = record else {
                 bail!("the data folder {} is held by another process, and no running server is recorded in it", config.data_dir.display());
             };
             let token = crate::secrets::read_operator_token(&config.data_dir)?;
