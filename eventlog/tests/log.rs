@@ -22,6 +22,18 @@ fn ev(event_type: &str, payload: &str) -> NewEvent {
     }
 }
 
+/// Appends one event to the new stream `s/<n>`.
+fn append_to_new_stream(log: &EventLog, tenant: Uuid, n: u64) {
+    append(
+        log,
+        tenant,
+        &StreamId::new("s", n.to_string()),
+        ExpectedVersion::NoStream,
+        vec![ev("A", "{}")],
+    )
+    .unwrap();
+}
+
 /// Alters the stored bytes of the record at `position` directly in sled: `f` gets the
 /// chunk value holding it and the record's byte range within it.
 fn alter(
@@ -370,14 +382,7 @@ fn subscriptions_catch_up_then_follow_live_without_gap_or_duplicate() {
     let log = open(dir.path());
     let t = Uuid::now_v7();
     for i in 0..10 {
-        append(
-            &log,
-            t,
-            &StreamId::new("s", format!("{i}")),
-            ExpectedVersion::NoStream,
-            vec![ev("A", "{}")],
-        )
-        .unwrap();
+        append_to_new_stream(&log, t, i);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -545,14 +550,7 @@ fn a_split_walk_reports_exactly_what_one_walk_reports() {
         let log = open(dir.path());
         for i in 0..300u64 {
             let t = tenants[usize::try_from(i % 3).unwrap()];
-            append(
-                &log,
-                t,
-                &StreamId::new("s", format!("{i}")),
-                ExpectedVersion::NoStream,
-                vec![ev("A", "{}")],
-            )
-            .unwrap();
+            append_to_new_stream(&log, t, i);
         }
         for threads in [1, 2, 3, 4, 7] {
             assert_eq!(
