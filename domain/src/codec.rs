@@ -73,9 +73,15 @@ pub fn upcast_api_key_issued_v1(v: Value) -> Value {
     }
 }
 
-fn to_json<T: Serialize>(payload: &T) -> Vec<u8> {
+pub(crate) fn to_json<T: Serialize>(payload: &T) -> Vec<u8> {
     // Serializing these plain structs cannot fail; stay panic-free regardless.
     serde_json::to_vec(payload).unwrap_or_default()
+}
+
+pub(crate) fn unknown_type(event_type: &str) -> DomainError {
+    DomainError::UnknownEventType {
+        event_type: event_type.to_string(),
+    }
 }
 
 fn malformed(event_type: &str, err: serde_json::Error) -> DomainError {
@@ -85,7 +91,7 @@ fn malformed(event_type: &str, err: serde_json::Error) -> DomainError {
     }
 }
 
-fn from_json<T: DeserializeOwned>(event_type: &str, payload: &[u8]) -> Result<T> {
+pub(crate) fn from_json<T: DeserializeOwned>(event_type: &str, payload: &[u8]) -> Result<T> {
     serde_json::from_slice(payload).map_err(|e| malformed(event_type, e))
 }
 

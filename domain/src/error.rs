@@ -35,6 +35,27 @@ pub enum DomainError {
     UnsupportedSchemaVersion { event_type: String, version: u16 },
     #[error("malformed payload for event type {event_type}: {reason}")]
     MalformedPayload { event_type: String, reason: String },
+    #[error("invalid fields: {}", fields.iter().map(|f| format!("{}: {}", f.field, f.message)).collect::<Vec<_>>().join("; "))]
+    Validation { fields: Vec<FieldError> },
+    #[error("message already exists")]
+    MessageAlreadyExists,
+    #[error("message not found")]
+    MessageNotFound,
+    #[error("the message is already {status}")]
+    MessageFinal { status: String },
+    #[error("sender profile not found")]
+    SenderNotFound,
+    #[error("relay not found")]
+    RelayNotFound,
+    #[error("no delivery callback is set")]
+    CallbackNotSet,
+}
+
+/// One failing input field, named as the caller spelled it (`to[2]`, `headers.X-Foo`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
 }
 
 impl DomainError {
@@ -57,6 +78,13 @@ impl DomainError {
             DomainError::UnknownEventType { .. } => "UNKNOWN_EVENT_TYPE",
             DomainError::UnsupportedSchemaVersion { .. } => "UNSUPPORTED_SCHEMA_VERSION",
             DomainError::MalformedPayload { .. } => "MALFORMED_PAYLOAD",
+            DomainError::Validation { .. } => "VALIDATION_FAILED",
+            DomainError::MessageAlreadyExists => "MESSAGE_ALREADY_EXISTS",
+            DomainError::MessageNotFound => "MESSAGE_NOT_FOUND",
+            DomainError::MessageFinal { .. } => "MESSAGE_ALREADY_FINAL",
+            DomainError::SenderNotFound => "SENDER_NOT_FOUND",
+            DomainError::RelayNotFound => "RELAY_NOT_FOUND",
+            DomainError::CallbackNotSet => "CALLBACK_NOT_SET",
         }
     }
 }

@@ -6,6 +6,11 @@
 //! - [`tenant`]: the Tenant aggregate (API keys live inside it; every event goes on
 //!   the tenant's stream, [`TENANT_STREAM`]): commands, events, state,
 //!   [`tenant::decide`] and [`tenant::apply`].
+//! - [`message`]: the Message aggregate (stream `message/<id>`): queued, each delivery
+//!   attempt, and how it ended; also the field validation of a send request.
+//! - [`mail_settings`]: a tenant's sender profiles, SMTP relays and delivery callback
+//!   (stream `mail-settings/<tenant>`); secrets arrive already sealed.
+//! - [`delivery_report`]: each try to POST a signed delivery report to a tenant's callback.
 //! - [`codec`]: the [`DomainEvent`] contract the event log relies on
 //!   (stable `event_type`, `schema_version`, JSON payload, upcasting of old versions).
 //!
@@ -16,8 +21,11 @@
 //! Time enters only as data carried by commands (e.g. `now`), never from a clock.
 
 pub mod codec;
+pub mod delivery_report;
 pub mod error;
 pub mod ids;
+pub mod mail_settings;
+pub mod message;
 pub mod tenant;
 
 pub use codec::*;

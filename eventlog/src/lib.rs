@@ -17,6 +17,7 @@
 //! - **No read and no subscription passes the durable head.**
 //! - **Every tenant-scoped key starts with the tenant id: a read for one tenant cannot
 //!   return another's events.**
+pub mod blobs;
 mod chain;
 mod chunk;
 mod error;
@@ -37,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 pub use chunk::record_location;
+pub use blobs::BlobStore;
 pub use error::{Error, Result};
 pub use record::{Actor, Metadata, NewEvent, RecordedEvent, StreamId, FORMAT_VERSION, MAX_PAYLOAD};
 pub use subscription::Subscription;

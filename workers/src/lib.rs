@@ -1,4 +1,18 @@
-//! Workers: the processes that follow the log and act on the world (SMTP dispatch, timers,
-//! outbound webhooks), recording what they did as new events.
+//! Workers: the parts of Postledger that follow the log and act on the world, then record
+//! what they did as new events. Each starts by replaying the log up to its head, so what it
+//! knows after a restart is exactly what the log says (nothing is kept only in memory).
 //!
-//! Nothing lives here yet: the first worker, SMTP dispatch, arrives with the send pipeline.
+//! - [`dispatch`]: the SMTP dispatcher. Keeps the queue of due messages, builds the MIME
+//!   with lettre, sends through the tenant's relays (pooled connections, failover, rate
+//!   limits derived from the log) or into the file outbox, and records every attempt.
+//! - [`reports`]: delivery reports. POSTs a signed JSON report of every sent, deferred,
+//!   failed and cancelled message to the tenant's callback URL, with retries, and records
+//!   every try.
+//! - [`seal`]: AES-256-GCM sealing of the secrets kept in events (relay passwords, callback
+//!   signing secrets) under the master key.
+pub mod dispatch;
+mod error;
+pub mod reports;
+pub mod seal;
+
+pub use error::{Error, Result};

@@ -1,0 +1,942 @@
+//! The Message aggregate: one outbound email from the moment it is queued until it is
+//! sent, failed or cancelled. Every step is an event on the message's own stream
+//! ([`MESSAGE_STREAM`]), so the message's timeline is simply that stream.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::{from_json, to_json, unknown_type, DomainEvent};
+use crate::error::{DomainError, FieldError, Result};
+
+/// Stream type name of the message aggregate.
+pub const MESSAGE_STREAM: &str = "message";
+
+pub const MAX_RECIPIENTS: usize = 50;
+pub const MAX_SUBJECT_CHARS: usize = 998;
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_CHARS: usize = 64;
+pub const MAX_HEADERS: usize = 50;
+pub const MAX_ATTACHMENTS: usize = 50;
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// Order in which due messages leave the queue. The derived `Ord` is the dispatch order:
+/// `Immediate` first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Immediate,
+    High,
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Priority::Immediate => "immediate",
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "immediate" => Some(Priority::Immediate),
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+}
+
+/// Transactional mail is what a user asked for; marketing mail is what they may opt out of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Transactional,
+    Marketing,
+}
+
+impl Category {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Category::Transactional => "transactional",
+            Category::Marketing => "marketing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Category> {
+        match s {
+            "transactional" => Some(Category::Transactional),
+            "marketing" => Some(Category::Marketing),
+            _ => None,
+        }
+    }
+}
+
+/// An address with an optional display name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mailbox {
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// An attachment as the log knows it: the bytes live in the blob store under `digest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    /// Hex blake3 of the content.
+    pub digest: String,
+    pub size: u64,
+    pub filename: String,
+    pub content_type: String,
+    /// Set for an inline part referenced from the HTML as `cid:<content_id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageQueued {
+    pub message_id: Uuid,
+    pub sender_id: Uuid,
+    pub from: Mailbox,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Mailbox>,
+    pub to: Vec<Mailbox>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<Mailbox>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bcc: Vec<Mailbox>,
+    pub subject: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Free JSON from the caller, echoed in callbacks.
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<AttachmentRef>,
+    pub priority: Priority,
+    pub category: Category,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Hex blake3 of the canonical request: the same idempotency key with another body is
+    /// told apart by this.
+    pub request_digest: String,
+    pub queued_at: DateTime<Utc>,
+}
+
+impl MessageQueued {
+    /// Every envelope recipient (to, cc and bcc).
+    pub fn recipients(&self) -> impl Iterator<Item = &Mailbox> {
+        self.to.iter().chain(self.cc.iter()).chain(self.bcc.iter())
+    }
+
+    /// When the message may first be sent.
+    pub fn due_at(&self) -> DateTime<Utc> {
+        self.scheduled_at.unwrap_or(self.queued_at)
+    }
+}
+
+/// How one try at one relay ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// 2xx: the relay took responsibility.
+    Sent,
+    /// 4xx: try again later.
+    Deferred,
+    /// 5xx: will never work.
+    Failed,
+    /// No SMTP answer at all (refused, timed out, TLS failure): the next relay is tried.
+    Unreachable,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Sent => "sent",
+            AttemptOutcome::Deferred => "deferred",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Unreachable => "unreachable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAttempted {
+    /// The dispatch round (1-based); failover tries several relays within one round.
+    pub attempt: u32,
+    /// `None` for the file outbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<Uuid>,
+    /// The relay's name, or "outbox".
+    pub relay: String,
+    pub outcome: AttemptOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// The server's reply text, or the connection error.
+    pub reply: String,
+    pub duration_ms: u64,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageSent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_id: Option<Uuid>,
+    pub relay: String,
+    pub reply: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDeferred {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFailed {
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// False when the message merely ran out of time (it was deferred until its maximum age).
+    pub permanent: bool,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageCancelled {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MessageEvent {
+    Queued(Box<MessageQueued>),
+    Attempted(DeliveryAttempted),
+    Sent(MessageSent),
+    Deferred(MessageDeferred),
+    Failed(MessageFailed),
+    Cancelled(MessageCancelled),
+}
+
+/// What a dispatch round concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DispatchResult {
+    Sent(MessageSent),
+    Deferred(MessageDeferred),
+    Failed(MessageFailed),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum MessageCommand {
+    Queue {
+        message: Box<MessageQueued>,
+        now: DateTime<Utc>,
+    },
+    /// The dispatcher reports one round: every relay tried, and the conclusion.
+    RecordDispatch {
+        attempts: Vec<DeliveryAttempted>,
+        result: DispatchResult,
+    },
+    Cancel {
+        reason: Option<String>,
+        now: DateTime<Utc>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    #[default]
+    Queued,
+    Deferred,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+impl MessageStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Deferred => "deferred",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageStatus> {
+        match s {
+            "queued" => Some(MessageStatus::Queued),
+            "deferred" => Some(MessageStatus::Deferred),
+            "sent" => Some(MessageStatus::Sent),
+            "failed" => Some(MessageStatus::Failed),
+            "cancelled" => Some(MessageStatus::Cancelled),
+            _ => None,
+        }
+    }
+
+    /// Nothing more will happen to the message.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Sent | MessageStatus::Failed | MessageStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageState {
+    pub exists: bool,
+    pub status: MessageStatus,
+    /// Dispatch rounds so far.
+    pub rounds: u32,
+}
+
+pub fn apply(state: &mut MessageState, event: &MessageEvent) {
+    match event {
+        MessageEvent::Queued(_) => {
+            state.exists = true;
+            state.status = MessageStatus::Queued;
+        }
+        MessageEvent::Attempted(a) => state.rounds = state.rounds.max(a.attempt),
+        MessageEvent::Sent(_) => state.status = MessageStatus::Sent,
+        MessageEvent::Deferred(_) => state.status = MessageStatus::Deferred,
+        MessageEvent::Failed(_) => state.status = MessageStatus::Failed,
+        MessageEvent::Cancelled(_) => state.status = MessageStatus::Cancelled,
+    }
+}
+
+pub fn decide(state: &MessageState, cmd: MessageCommand) -> Result<Vec<MessageEvent>> {
+    match cmd {
+        MessageCommand::Queue { message, now } => {
+            if state.exists {
+                return Err(DomainError::MessageAlreadyExists);
+            }
+            let fields = validate_message(&message, now);
+            if !fields.is_empty() {
+                return Err(DomainError::Validation { fields });
+            }
+            Ok(vec![MessageEvent::Queued(message)])
+        }
+        MessageCommand::RecordDispatch { attempts, result } => {
+            if !state.exists {
+                return Err(DomainError::MessageNotFound);
+            }
+            // A relay's 250 is a fact even if a cancel slipped in while the message was on
+            // the wire; anything else after a final state is refused.
+            let sent = matches!(result, DispatchResult::Sent(_));
+            if state.status.is_final() && !(sent && state.status == MessageStatus::Cancelled) {
+                return Err(DomainError::MessageFinal {
+                    status: state.status.as_str().to_string(),
+                });
+            }
+            let mut events: Vec<MessageEvent> =
+                attempts.into_iter().map(MessageEvent::Attempted).collect();
+            events.push(match result {
+                DispatchResult::Sent(s) => MessageEvent::Sent(s),
+                DispatchResult::Deferred(d) => MessageEvent::Deferred(d),
+                DispatchResult::Failed(f) => MessageEvent::Failed(f),
+            });
+            Ok(events)
+        }
+        MessageCommand::Cancel { reason, now } => {
+            if !state.exists {
+                return Err(DomainError::MessageNotFound);
+            }
+            if state.status.is_final() {
+                return Err(DomainError::MessageFinal {
+                    status: state.status.as_str().to_string(),
+                });
+            }
+            Ok(vec![MessageEvent::Cancelled(MessageCancelled {
+                reason,
+                at: now,
+            })])
+        }
+    }
+}
+
+/// A plausible mailbox address: what SMTP will carry, not every RFC 5322 oddity.
+pub fn valid_email(email: &str) -> bool {
+    if email.len() > 254 || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return false;
+    }
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    if local.is_empty() || local.len() > 64 || local.contains('@') {
+        return false;
+    }
+    if local.contains(['<', '>', '(', ')', ',', ';', ':', '\\', '"', '[', ']']) {
+        return false;
+    }
+    if domain.is_empty() || domain.len() > 253 {
+        return false;
+    }
+    domain.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+    })
+}
+
+/// A header name the caller may set: a token, and not one Postledger owns.
+pub fn settable_header(name: &str) -> bool {
+    const OWNED: &[&str] = &[
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "reply-to",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "sender",
+    ];
+    !name.is_empty()
+        && name.len() <= 76
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        && !OWNED.contains(&name.to_ascii_lowercase().as_str())
+}
+
+fn push(fields: &mut Vec<FieldError>, field: impl Into<String>, message: impl Into<String>) {
+    fields.push(FieldError {
+        field: field.into(),
+        message: message.into(),
+    });
+}
+
+fn check_mailboxes(fields: &mut Vec<FieldError>, name: &str, list: &[Mailbox]) {
+    for (i, m) in list.iter().enumerate() {
+        if !valid_email(&m.email) {
+            push(fields, format!("{name}[{i}]"), "is not a valid email address");
+        }
+        if let Some(n) = &m.name {
+            if n.chars().any(char::is_control) || n.chars().count() > 200 {
+                push(
+                    fields,
+                    format!("{name}[{i}].name"),
+                    "must be at most 200 characters without control characters",
+                );
+            }
+        }
+    }
+}
+
+/// Every field-level problem of a message, empty when it may be queued.
+pub fn validate_message(m: &MessageQueued, now: DateTime<Utc>) -> Vec<FieldError> {
+    let mut f = Vec::new();
+    if !valid_email(&m.from.email) {
+        push(&mut f, "from", "is not a valid email address");
+    }
+    if let Some(r) = &m.reply_to {
+        check_mailboxes(&mut f, "reply_to", std::slice::from_ref(r));
+    }
+    check_mailboxes(&mut f, "to", &m.to);
+    check_mailboxes(&mut f, "cc", &m.cc);
+    check_mailboxes(&mut f, "bcc", &m.bcc);
+    let count = m.to.len() + m.cc.len() + m.bcc.len();
+    if m.to.is_empty() {
+        push(&mut f, "to", "at least one recipient is required");
+    }
+    if count > MAX_RECIPIENTS {
+        push(
+            &mut f,
+            "to",
+            format!("at most {MAX_RECIPIENTS} recipients in to, cc and bcc together"),
+        );
+    }
+    if m.subject.trim().is_empty() {
+        push(&mut f, "subject", "must not be empty");
+    } else if m.subject.chars().count() > MAX_SUBJECT_CHARS
+        || m.subject.contains(['\r', '\n'])
+    {
+        push(
+            &mut f,
+            "subject",
+            format!("must be one line of at most {MAX_SUBJECT_CHARS} characters"),
+        );
+    }
+    let html_empty = m.html.as_deref().is_none_or(str::is_empty);
+    let text_empty = m.text.as_deref().is_none_or(str::is_empty);
+    if html_empty && text_empty {
+        push(&mut f, "html", "html or text (or both) is required");
+    }
+    if m.headers.len() > MAX_HEADERS {
+        push(&mut f, "headers", format!("at most {MAX_HEADERS} headers"));
+    }
+    for (name, value) in &m.headers {
+        if !settable_header(name) {
+            push(
+                &mut f,
+                format!("headers.{name}"),
+                "is not a header name the caller may set",
+            );
+        }
+        if value.contains(['\r', '\n']) || value.len() > 998 {
+            push(
+                &mut f,
+                format!("headers.{name}"),
+                "the value must be one line of at most 998 bytes",
+            );
+        }
+    }
+    if m.tags.len() > MAX_TAGS {
+        push(&mut f, "tags", format!("at most {MAX_TAGS} tags"));
+    }
+    for (i, t) in m.tags.iter().enumerate() {
+        if t.is_empty()
+            || t.chars().count() > MAX_TAG_CHARS
+            || t.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            push(
+                &mut f,
+                format!("tags[{i}]"),
+                format!("must be 1..={MAX_TAG_CHARS} characters without spaces"),
+            );
+        }
+    }
+    if m.attachments.len() > MAX_ATTACHMENTS {
+        push(
+            &mut f,
+            "attachments",
+            format!("at most {MAX_ATTACHMENTS} attachments"),
+        );
+    }
+    for (i, a) in m.attachments.iter().enumerate() {
+        if a.filename.trim().is_empty()
+            || a.filename.len() > 255
+            || a.filename.contains(['/', '\\', '\r', '\n', '"'])
+        {
+            push(
+                &mut f,
+                format!("attachments[{i}].filename"),
+                "must be a plain file name of at most 255 bytes",
+            );
+        }
+        if !a.content_type.contains('/') || a.content_type.contains(['\r', '\n', ';']) {
+            push(
+                &mut f,
+                format!("attachments[{i}].content_type"),
+                "must be a MIME type such as application/pdf",
+            );
+        }
+        if let Some(cid) = &a.content_id {
+            if cid.is_empty()
+                || cid.len() > 200
+                || !cid.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+            {
+                push(
+                    &mut f,
+                    format!("attachments[{i}].content_id"),
+                    "must be 1..=200 printable characters without < or >",
+                );
+            }
+        }
+    }
+    if let Some(at) = m.scheduled_at {
+        if at <= now {
+            push(&mut f, "scheduled_at", "must be in the future");
+        }
+    }
+    if let Some(k) = &m.idempotency_key {
+        if k.is_empty()
+            || k.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS
+            || k.chars().any(char::is_control)
+        {
+            push(
+                &mut f,
+                "idempotency_key",
+                format!("must be 1..={MAX_IDEMPOTENCY_KEY_CHARS} characters"),
+            );
+        }
+    }
+    f
+}
+
+pub const MESSAGE_QUEUED: &str = "MessageQueued";
+pub const DELIVERY_ATTEMPTED: &str = "DeliveryAttempted";
+pub const MESSAGE_SENT: &str = "MessageSent";
+pub const MESSAGE_DEFERRED: &str = "MessageDeferred";
+pub const MESSAGE_FAILED: &str = "MessageFailed";
+pub const MESSAGE_CANCELLED: &str = "MessageCancelled";
+
+/// Every event type of the message stream.
+pub fn message_event_types() -> &'static [&'static str] {
+    &[
+        MESSAGE_QUEUED,
+        DELIVERY_ATTEMPTED,
+        MESSAGE_SENT,
+        MESSAGE_DEFERRED,
+        MESSAGE_FAILED,
+        MESSAGE_CANCELLED,
+    ]
+}
+
+impl DomainEvent for MessageEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            MessageEvent::Queued(_) => MESSAGE_QUEUED,
+            MessageEvent::Attempted(_) => DELIVERY_ATTEMPTED,
+            MessageEvent::Sent(_) => MESSAGE_SENT,
+            MessageEvent::Deferred(_) => MESSAGE_DEFERRED,
+            MessageEvent::Failed(_) => MESSAGE_FAILED,
+            MessageEvent::Cancelled(_) => MESSAGE_CANCELLED,
+        }
+    }
+
+    fn schema_version(&self) -> u16 {
+        1
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            MessageEvent::Queued(p) => to_json(p),
+            MessageEvent::Attempted(p) => to_json(p),
+            MessageEvent::Sent(p) => to_json(p),
+            MessageEvent::Deferred(p) => to_json(p),
+            MessageEvent::Failed(p) => to_json(p),
+            MessageEvent::Cancelled(p) => to_json(p),
+        }
+    }
+
+    fn decode(event_type: &str, schema_version: u16, payload: &[u8]) -> Result<Self> {
+        if !message_event_types().contains(&event_type) {
+            return Err(unknown_type(event_type));
+        }
+        if schema_version != 1 {
+            return Err(DomainError::UnsupportedSchemaVersion {
+                event_type: event_type.to_string(),
+                version: schema_version,
+            });
+        }
+        let t = event_type;
+        Ok(match event_type {
+            MESSAGE_QUEUED => MessageEvent::Queued(Box::new(from_json(t, payload)?)),
+            DELIVERY_ATTEMPTED => MessageEvent::Attempted(from_json(t, payload)?),
+            MESSAGE_SENT => MessageEvent::Sent(from_json(t, payload)?),
+            MESSAGE_DEFERRED => MessageEvent::Deferred(from_json(t, payload)?),
+            MESSAGE_FAILED => MessageEvent::Failed(from_json(t, payload)?),
+            MESSAGE_CANCELLED => MessageEvent::Cancelled(from_json(t, payload)?),
+            _ => return Err(unknown_type(event_type)),
+        })
+    }
+
+    fn summary(&self) -> String {
+        match self {
+            MessageEvent::Queued(m) => format!(
+                "Message queued from {} to {} recipient(s), priority {}",
+                m.from.email,
+                m.recipients().count(),
+                m.priority.as_str()
+            ),
+            MessageEvent::Attempted(a) => match a.code {
+                Some(code) => format!(
+                    "Attempt {} via {}: {} ({code} {}) in {} ms",
+                    a.attempt,
+                    a.relay,
+                    a.outcome.as_str(),
+                    a.reply,
+                    a.duration_ms
+                ),
+                None => format!(
+                    "Attempt {} via {}: {} ({}) in {} ms",
+                    a.attempt,
+                    a.relay,
+                    a.outcome.as_str(),
+                    a.reply,
+                    a.duration_ms
+                ),
+            },
+            MessageEvent::Sent(s) => format!("Message sent via {}", s.relay),
+            MessageEvent::Deferred(d) => format!(
+                "Message deferred until {}: {}",
+                d.next_attempt_at.to_rfc3339(),
+                d.reason
+            ),
+            MessageEvent::Failed(f) => format!("Message failed: {}", f.reason),
+            MessageEvent::Cancelled(c) => match &c.reason {
+                Some(r) => format!("Message cancelled: {r}"),
+                None => "Message cancelled".to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).single().unwrap()
+    }
+
+    fn mailbox(e: &str) -> Mailbox {
+        Mailbox {
+            email: e.into(),
+            name: None,
+        }
+    }
+
+    fn message() -> MessageQueued {
+        MessageQueued {
+            message_id: Uuid::from_u128(7),
+            sender_id: Uuid::from_u128(1),
+            from: mailbox("news@example.test"),
+            reply_to: None,
+            to: vec![mailbox("ada@example.test")],
+            cc: vec![],
+            bcc: vec![],
+            subject: "Hello".into(),
+            html: Some("<p>Hi</p>".into()),
+            text: None,
+            headers: BTreeMap::new(),
+            tags: vec!["welcome".into()],
+            metadata: serde_json::json!({"user": 42}),
+            attachments: vec![],
+            priority: Priority::Normal,
+            category: Category::Transactional,
+            scheduled_at: None,
+            idempotency_key: None,
+            request_digest: "00".into(),
+            queued_at: at(0),
+        }
+    }
+
+    fn fold(events: &[MessageEvent]) -> MessageState {
+        let mut s = MessageState::default();
+        for e in events {
+            apply(&mut s, e);
+        }
+        s
+    }
+
+    fn queued() -> Vec<MessageEvent> {
+        decide(
+            &MessageState::default(),
+            MessageCommand::Queue {
+                message: Box::new(message()),
+                now: at(0),
+            },
+        )
+        .unwrap()
+    }
+
+    fn attempt(outcome: AttemptOutcome, code: u16) -> DeliveryAttempted {
+        DeliveryAttempted {
+            attempt: 1,
+            relay_id: None,
+            relay: "primary".into(),
+            outcome,
+            code: Some(code),
+            reply: "ok".into(),
+            duration_ms: 3,
+            at: at(1),
+        }
+    }
+
+    #[test]
+    fn a_valid_message_is_queued() {
+        let events = queued();
+        assert_eq!(events.len(), 1);
+        assert_eq!(fold(&events).status, MessageStatus::Queued);
+    }
+
+    #[test]
+    fn validation_names_every_failing_field() {
+        let mut m = message();
+        m.from.email = "not an address".into();
+        m.to = vec![];
+        m.subject = " ".into();
+        m.html = None;
+        m.scheduled_at = Some(at(-5));
+        m.headers.insert("Subject".into(), "x".into());
+        let err = decide(
+            &MessageState::default(),
+            MessageCommand::Queue {
+                message: Box::new(m),
+                now: at(0),
+            },
+        )
+        .unwrap_err();
+        let DomainError::Validation { fields } = err else {
+            panic!("expected a validation error")
+        };
+        let names: Vec<_> = fields.iter().map(|f| f.field.as_str()).collect();
+        for want in [
+            "from",
+            "to",
+            "subject",
+            "html",
+            "scheduled_at",
+            "headers.Subject",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn a_dispatch_round_records_attempts_then_the_result() {
+        let mut events = queued();
+        let state = fold(&events);
+        let round = decide(
+            &state,
+            MessageCommand::RecordDispatch {
+                attempts: vec![
+                    attempt(AttemptOutcome::Unreachable, 0),
+                    attempt(AttemptOutcome::Sent, 250),
+                ],
+                result: DispatchResult::Sent(MessageSent {
+                    relay_id: None,
+                    relay: "backup".into(),
+                    reply: "ok".into(),
+                    at: at(2),
+                }),
+            },
+        )
+        .unwrap();
+        assert_eq!(round.len(), 3);
+        events.extend(round);
+        let state = fold(&events);
+        assert_eq!(state.status, MessageStatus::Sent);
+        assert_eq!(state.rounds, 1);
+        let again = decide(
+            &state,
+            MessageCommand::Cancel {
+                reason: None,
+                now: at(3),
+            },
+        );
+        assert_eq!(
+            again.unwrap_err().code(),
+            DomainError::MessageFinal {
+                status: String::new()
+            }
+            .code()
+        );
+    }
+
+    #[test]
+    fn cancel_only_while_not_sent_and_a_late_250_is_still_recorded() {
+        let mut events = queued();
+        events.extend(
+            decide(
+                &fold(&events),
+                MessageCommand::Cancel {
+                    reason: Some("typo".into()),
+                    now: at(1),
+                },
+            )
+            .unwrap(),
+        );
+        let state = fold(&events);
+        assert_eq!(state.status, MessageStatus::Cancelled);
+        let deferred = decide(
+            &state,
+            MessageCommand::RecordDispatch {
+                attempts: vec![],
+                result: DispatchResult::Deferred(MessageDeferred {
+                    reason: "451".into(),
+                    code: Some(451),
+                    next_attempt_at: at(60),
+                }),
+            },
+        );
+        assert!(deferred.is_err());
+        let sent = decide(
+            &state,
+            MessageCommand::RecordDispatch {
+                attempts: vec![attempt(AttemptOutcome::Sent, 250)],
+                result: DispatchResult::Sent(MessageSent {
+                    relay_id: None,
+                    relay: "primary".into(),
+                    reply: "ok".into(),
+                    at: at(2),
+                }),
+            },
+        );
+        assert!(sent.is_ok());
+    }
+
+    #[test]
+    fn events_round_trip_through_the_codec() {
+        let events = vec![
+            MessageEvent::Queued(Box::new(message())),
+            MessageEvent::Attempted(attempt(AttemptOutcome::Deferred, 451)),
+            MessageEvent::Deferred(MessageDeferred {
+                reason: "try later".into(),
+                code: Some(451),
+                next_attempt_at: at(60),
+            }),
+            MessageEvent::Failed(MessageFailed {
+                reason: "expired".into(),
+                code: None,
+                permanent: false,
+                at: at(70),
+            }),
+        ];
+        for e in events {
+            let back = MessageEvent::decode(e.event_type(), e.schema_version(), &e.encode()).unwrap();
+            assert_eq!(back, e);
+            assert!(!back.summary().is_empty());
+        }
+        assert!(MessageEvent::decode("Nope", 1, b"{}").is_err());
+        assert!(MessageEvent::decode(MESSAGE_SENT, 2, b"{}").is_err());
+    }
+
+    #[test]
+    fn email_validation() {
+        for ok in ["a@b.c", "a.b+tag@example.test", "x@localhost"] {
+            assert!(valid_email(ok), "{ok}");
+        }
+        for bad in ["", "a", "@b.c", "a@", "a b@c.d", "a@b..c", "a@-b.c", "<a@b.c>"] {
+            assert!(!valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn priorities_order_for_dispatch() {
+        let mut p = vec![
+            Priority::Low,
+            Priority::Immediate,
+            Priority::Normal,
+            Priority::High,
+        ];
+        p.sort();
+        assert_eq!(
+            p,
+            vec![
+                Priority::Immediate,
+                Priority::High,
+                Priority::Normal,
+                Priority::Low
+            ]
+        );
+    }
+}

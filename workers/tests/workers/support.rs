@@ -1,0 +1,1 @@
+//! Shared helpers (owned by the dispatch tests).
