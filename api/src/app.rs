@@ -2,8 +2,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use eventlog::{EventLog, Options};
+use eventlog::{BlobStore, EventLog, Options};
+use projections::mail_settings::MailSettingsRead;
+use projections::messages::Messages;
 use projections::{tenants::Tenants, Projections};
+use workers::seal::MasterKey;
 
 use crate::config::Config;
 use crate::secrets::Secrets;
@@ -20,6 +23,12 @@ pub struct App {
     pub log: EventLog,
     pub projections: Projections,
     pub tenants: Tenants,
+    pub mail: MailSettingsRead,
+    pub messages: Messages,
+    /// Attachment bytes, by blake3 digest, beside the log.
+    pub blobs: BlobStore,
+    pub master_key: MasterKey,
+    pub max_body_bytes: usize,
     pub secrets: Secrets,
     /// Keyed hash of the operator token; `None` where no operator token is in play (the CLI
     /// working directly on the folder acts as the operator itself).
@@ -38,15 +47,24 @@ impl App {
     pub fn start(log: EventLog, config: &Config) -> Result<App, eventlog::Error> {
         let projections = Projections::start(log.clone(), projections::all())
             .map_err(|e| eventlog::Error::Storage(e.to_string()))?;
-        let tenants = Tenants::new(
+        let model = |name: &str| {
             projections
-                .model(projections::tenants::NAME)
-                .map_err(|e| eventlog::Error::Storage(e.to_string()))?,
-        );
+                .model(name)
+                .map_err(|e| eventlog::Error::Storage(e.to_string()))
+        };
+        let tenants = Tenants::new(model(projections::tenants::NAME)?);
+        let mail = MailSettingsRead::new(model(projections::mail_settings::NAME)?);
+        let messages = Messages::new(model(projections::messages::NAME)?);
+        let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
         Ok(App {
             log,
             projections,
             tenants,
+            mail,
+            messages,
+            blobs,
+            master_key: MasterKey::from_bytes(config.master_key),
+            max_body_bytes: config.max_body_bytes,
             secrets: config.secrets.clone(),
             operator_hash: None,
             data_dir: config.data_dir.clone(),

@@ -35,6 +35,9 @@ pub struct Cli {
     /// Server pepper, 64 hex characters (keys API key hashes and payload digests).
     #[arg(long, global = true, env = "POSTLEDGER_PEPPER", hide_env_values = true)]
     pub pepper: Option<String>,
+    /// Master key, 64 hex characters (seals relay passwords and callback secrets).
+    #[arg(long, global = true, env = "POSTLEDGER_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,6 +72,22 @@ pub enum Command {
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+    /// Queues a ready .eml file as a message of a tenant (its From must be one of the
+    /// tenant's sender profiles).
+    Send {
+        #[arg(long)]
+        tenant: Uuid,
+        #[arg(long)]
+        eml: PathBuf,
+        /// Makes a retried command queue the message once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Messages: the queue and each message's timeline.
+    Messages {
+        #[command(subcommand)]
+        command: MessagesCommand,
     },
     /// Benchmarks; each prints one JSON object on stdout.
     Bench {
@@ -129,7 +148,41 @@ pub enum ProjectionsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum MessagesCommand {
+    /// Lists messages, newest first.
+    List {
+        #[arg(long)]
+        tenant: Uuid,
+        /// queued, deferred, sent, failed or cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Shows one message and its timeline from the log.
+    Show {
+        #[arg(long)]
+        tenant: Uuid,
+        id: Uuid,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// The send pipeline end to end: a server child process, an SMTP sink, HTTP load.
+    Send {
+        /// Sends made one at a time (latency).
+        #[arg(long, default_value_t = 2_000)]
+        c1: usize,
+        /// Sends made by 64 concurrent clients (throughput).
+        #[arg(long, default_value_t = 30_000)]
+        c64: usize,
+        /// `auto` (Postfix smtp-sink if installed, else aiosmtpd), `smtp-sink` or `aiosmtpd`.
+        #[arg(long, default_value = "auto")]
+        sink: String,
+    },
     /// Durable append rate and latency, replay and verify rates, in a fresh folder.
     Eventlog {
         /// Appends made by the single appender.
@@ -174,6 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
         pepper: cli.pepper.clone(),
+        master_key: cli.master_key.clone(),
         ..Overrides::default()
     };
     match cli.command {
@@ -186,6 +240,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Schema => {
             print!("{}", crate::graphql::schema(None).sdl());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Send { c1, c64, sink },
+        } => {
+            let report = crate::bench_send::send(c1, c64, &sink)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -205,6 +266,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => with_target(&overrides, |t| Box::pin(audit(t, command))),
         Command::Projections { command } => {
             with_target(&overrides, |t| Box::pin(projections(t, command)))
+        }
+        Command::Send {
+            tenant,
+            eml,
+            idempotency_key,
+        } => {
+            let bytes = std::fs::read(&eml)
+                .with_context(|| format!("cannot read {}", eml.display()))?;
+            let request = crate::eml::send_request(&bytes)?;
+            with_target(&overrides, |t| {
+                Box::pin(send(t, tenant, request, idempotency_key))
+            })
+        }
+        Command::Messages { command } => {
+            with_target(&overrides, |t| Box::pin(messages(t, command)))
         }
     }
 }
@@ -253,6 +329,48 @@ impl Remote {
             );
         }
         Ok(body["data"].clone())
+    }
+}
+
+impl Remote {
+    /// A REST call as the operator acting for `tenant`; an error body becomes an error.
+    async fn rest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        tenant: Uuid,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .header("Postledger-Tenant", tenant.to_string());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.url))?;
+        let status = resp.status();
+        let body: Value = resp
+            .json()
+            .await
+            .context("the server answered with no JSON")?;
+        if let Some(err) = body.get("error") {
+            bail!(
+                "the server refused ({status}, {}): {} {}",
+                err["code"].as_str().unwrap_or("ERROR"),
+                err["message"].as_str().unwrap_or("?"),
+                if err["details"].is_null() {
+                    String::new()
+                } else {
+                    err["details"].to_string()
+                }
+            );
+        }
+        Ok(body)
     }
 }
 
@@ -528,6 +646,158 @@ async fn projections(target: &Target, command: ProjectionsCommand) -> anyhow::Re
             r["seconds"].as_f64().unwrap_or(0.0),
             r["eventsPerSecond"].as_f64().unwrap_or(0.0)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send(
+    target: &Target,
+    tenant: Uuid,
+    request: crate::sending::SendRequest,
+    idempotency_key: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let receipt: Value = match target {
+        Target::Direct { config, log } => {
+            let app = started(config, log)?;
+            let r = crate::sending::send(
+                &app,
+                &operator_ctx(),
+                Some(tenant),
+                request,
+                idempotency_key,
+            )
+            .await
+            .map_err(HttpError)?;
+            eprintln!("postledger: queued; a running server will dispatch it");
+            serde_json::to_value(r)?
+        }
+        Target::Server(r) => {
+            let mut body = serde_json::to_value(&request)?;
+            if let Some(k) = idempotency_key {
+                body["idempotency_key"] = json!(k);
+            }
+            r.rest(
+                reqwest::Method::POST,
+                "/api/v1/messages/send/",
+                tenant,
+                Some(body),
+            )
+            .await?
+        }
+    };
+    println!("{}", receipt["id"].as_str().unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_message_line(m: &Value) {
+    println!(
+        "{}  {:<9}  {}  {}  {}",
+        m["id"].as_str().unwrap_or("?"),
+        m["status"].as_str().unwrap_or("?"),
+        m["queued_at"].as_str().unwrap_or("?"),
+        m["from"].as_str().unwrap_or("?"),
+        m["subject"].as_str().unwrap_or("")
+    );
+}
+
+async fn messages(target: &Target, command: MessagesCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        MessagesCommand::List {
+            tenant,
+            status,
+            tag,
+            limit,
+        } => {
+            let list: Vec<Value> = match target {
+                Target::Direct { config, log } => {
+                    let app = started(config, log)?;
+                    app.projections
+                        .wait_for(log.head(), Duration::from_secs(60))
+                        .await;
+                    let filter = projections::messages::MessageFilter {
+                        status,
+                        tag,
+                        ..Default::default()
+                    };
+                    crate::sending::list_messages(
+                        &app,
+                        &operator_ctx(),
+                        Some(tenant),
+                        &filter,
+                        None,
+                        limit,
+                    )
+                    .map_err(HttpError)?
+                    .items
+                    .iter()
+                    .map(crate::sending::message_json)
+                    .collect()
+                }
+                Target::Server(r) => {
+                    let mut path = format!("/api/v1/messages/?limit={}", limit.clamp(1, 100));
+                    if let Some(s) = status {
+                        path.push_str(&format!("&status={s}"));
+                    }
+                    if let Some(t) = tag {
+                        path.push_str(&format!("&tag={t}"));
+                    }
+                    let body = r.rest(reqwest::Method::GET, &path, tenant, None).await?;
+                    body["data"].as_array().cloned().unwrap_or_default()
+                }
+            };
+            for m in &list {
+                print_message_line(m);
+            }
+            eprintln!("postledger: {} message(s)", list.len());
+        }
+        MessagesCommand::Show { tenant, id } => {
+            let (message, events): (Value, Value) = match target {
+                Target::Direct { config, log } => {
+                    let app = started(config, log)?;
+                    let ctx = operator_ctx();
+                    app.projections
+                        .wait_for(log.head(), Duration::from_secs(60))
+                        .await;
+                    let m = crate::sending::get_message(&app, &ctx, Some(tenant), id)
+                        .await
+                        .map_err(HttpError)?;
+                    let e = crate::sending::message_events(&app, &ctx, Some(tenant), id)
+                        .await
+                        .map_err(HttpError)?;
+                    (crate::sending::message_json(&m), serde_json::to_value(e)?)
+                }
+                Target::Server(r) => {
+                    let m = r
+                        .rest(
+                            reqwest::Method::GET,
+                            &format!("/api/v1/messages/{id}/"),
+                            tenant,
+                            None,
+                        )
+                        .await?;
+                    let e = r
+                        .rest(
+                            reqwest::Method::GET,
+                            &format!("/api/v1/messages/{id}/events/"),
+                            tenant,
+                            None,
+                        )
+                        .await?;
+                    (m, e["events"].clone())
+                }
+            };
+            print_message_line(&message);
+            for e in events.as_array().into_iter().flatten() {
+                println!(
+                    "  #{:<4} {}  {:<18} {}  ({})",
+                    e["version"],
+                    e["at"].as_str().unwrap_or("?"),
+                    e["type"].as_str().unwrap_or("?"),
+                    e["summary"].as_str().unwrap_or(""),
+                    e["actor"].as_str().unwrap_or("?")
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! Configuration: flags, then environment variables, then a TOML file, then defaults.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -26,6 +27,35 @@ pub struct FileConfig {
     pub production: Option<bool>,
     /// sled page cache in MiB.
     pub cache_mb: Option<u64>,
+    /// 64 hex chars: the AES-256-GCM key that seals relay passwords and callback secrets in
+    /// the log. Losing it makes them unreadable (re-enter them); production requires it.
+    pub master_key: Option<String>,
+    /// Largest REST request body in MiB (attachments travel base64-encoded inside it).
+    pub max_body_mb: Option<u64>,
+    /// Delays between delivery tries after a deferral, in milliseconds; the last repeats.
+    pub retry_schedule_ms: Option<Vec<u64>>,
+    /// A message still not sent this long after it was queued fails.
+    pub max_age_secs: Option<u64>,
+    /// Messages in flight at once.
+    pub dispatch_concurrency: Option<usize>,
+    /// Timeout of each SMTP connection and command, in milliseconds.
+    pub smtp_timeout_ms: Option<u64>,
+    /// The name the dispatcher gives in EHLO.
+    pub hello_name: Option<String>,
+    /// Delays between tries of a delivery report callback, in milliseconds; after the last
+    /// one it gives up.
+    pub callback_retry_schedule_ms: Option<Vec<u64>>,
+}
+
+/// How the workers behave; defaults suit production, tests shorten the schedules.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub retry_schedule: Vec<Duration>,
+    pub max_age: Duration,
+    pub concurrency: usize,
+    pub smtp_timeout: Duration,
+    pub hello_name: String,
+    pub callback_retry_schedule: Vec<Duration>,
 }
 
 /// The configuration in force.
@@ -36,6 +66,9 @@ pub struct Config {
     pub secrets: Secrets,
     pub production: bool,
     pub cache_bytes: u64,
+    pub master_key: [u8; 32],
+    pub max_body_bytes: usize,
+    pub delivery: DeliverySettings,
 }
 
 /// What the command line and environment said (clap fills both).
@@ -45,6 +78,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub pepper: Option<String>,
+    pub master_key: Option<String>,
     pub production: bool,
 }
 
@@ -79,12 +113,43 @@ impl Config {
             }
             None => Secrets::load_or_create(&data_dir)?,
         };
+        let master_key = match o.master_key.clone().or(file.master_key) {
+            Some(hex) => crate::secrets::master_key_from_hex(&hex)
+                .context("the master key must be 64 hex characters")?,
+            None if production => {
+                bail!("production mode needs a master key (POSTLEDGER_MASTER_KEY or `master_key` in the config file); it refuses the generated development one")
+            }
+            None => crate::secrets::load_or_create_master_key(&data_dir)?,
+        };
+        let ms = |v: Vec<u64>| v.into_iter().map(Duration::from_millis).collect::<Vec<_>>();
+        let retry_schedule = ms(file
+            .retry_schedule_ms
+            .unwrap_or_else(|| vec![60_000, 300_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 14_400_000]));
+        if retry_schedule.is_empty() {
+            bail!("retry_schedule_ms must name at least one delay");
+        }
+        let delivery = DeliverySettings {
+            retry_schedule,
+            max_age: Duration::from_secs(file.max_age_secs.unwrap_or(24 * 3600)),
+            concurrency: file.dispatch_concurrency.unwrap_or(64).clamp(1, 1024),
+            smtp_timeout: Duration::from_millis(file.smtp_timeout_ms.unwrap_or(30_000)),
+            hello_name: file
+                .hello_name
+                .unwrap_or_else(|| "postledger.localhost".to_string()),
+            callback_retry_schedule: ms(file.callback_retry_schedule_ms.unwrap_or_else(|| {
+                vec![10_000, 60_000, 300_000, 1_800_000, 7_200_000, 21_600_000]
+            })),
+        };
         Ok(Config {
             listen,
             data_dir,
             secrets,
             production,
             cache_bytes: file.cache_mb.unwrap_or(64).saturating_mul(1024 * 1024),
+            master_key,
+            max_body_bytes: usize::try_from(file.max_body_mb.unwrap_or(25).saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
+            delivery,
         })
     }
 }

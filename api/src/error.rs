@@ -75,18 +75,29 @@ impl ApiError {
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         let status = match &e {
-            DomainError::TenantNotFound | DomainError::ApiKeyNotFound => 404,
+            DomainError::TenantNotFound
+            | DomainError::ApiKeyNotFound
+            | DomainError::MessageNotFound
+            | DomainError::SenderNotFound
+            | DomainError::RelayNotFound
+            | DomainError::CallbackNotSet => 404,
             DomainError::TenantAlreadyExists
             | DomainError::ApiKeyAlreadyExists
             | DomainError::ApiKeyAlreadyRevoked
-            | DomainError::TenantNotSuspended => 409,
+            | DomainError::TenantNotSuspended
+            | DomainError::MessageAlreadyExists
+            | DomainError::MessageFinal { .. } => 409,
             DomainError::TenantSuspended => 403,
             DomainError::UnknownEventType { .. }
             | DomainError::UnsupportedSchemaVersion { .. }
             | DomainError::MalformedPayload { .. } => 500,
             _ => 422,
         };
-        ApiError::new(status, e.code(), e.to_string())
+        let details = match &e {
+            DomainError::Validation { fields } => json!({ "fields": fields }),
+            _ => Value::Null,
+        };
+        ApiError::new(status, e.code(), e.to_string()).with_details(details)
     }
 }
 

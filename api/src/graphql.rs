@@ -1,6 +1,6 @@
 //! The GraphQL surface: thin resolvers over [`crate::service`].
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{Context, Enum, Object, SimpleObject, ID};
+use async_graphql::{Context, Enum, MergedObject, Object, SimpleObject, ID};
 use chrono::{DateTime, TimeZone, Utc};
 use eventlog::{RecordedEvent, VerifyReport};
 use projections::tenants::{ApiKeyView, TenantView};
@@ -10,11 +10,23 @@ use crate::app::App;
 use crate::error::ApiError;
 use crate::service::{self, Ctx};
 
-pub type AppSchema = async_graphql::Schema<Query, Mutation, async_graphql::EmptySubscription>;
+pub type AppSchema =
+    async_graphql::Schema<QueryRoot, MutationRoot, async_graphql::EmptySubscription>;
+
+/// Every query: tenants and audit here, the send pipeline in [`crate::graphql_mail`].
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(Query, crate::graphql_mail::MailQuery);
+
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(Mutation, crate::graphql_mail::MailMutation);
 
 /// The schema with its limits; data is attached per request.
 pub fn schema(app: Option<App>) -> AppSchema {
-    let mut b = async_graphql::Schema::build(Query, Mutation, async_graphql::EmptySubscription)
+    let mut b = async_graphql::Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        async_graphql::EmptySubscription,
+    )
         .limit_depth(16)
         .limit_complexity(5_000);
     if let Some(app) = app {
@@ -253,6 +265,7 @@ pub struct RebuildReport {
     pub events_per_second: f64,
 }
 
+#[derive(Default)]
 pub struct Query;
 
 #[Object]
@@ -351,6 +364,7 @@ impl Query {
     }
 }
 
+#[derive(Default)]
 pub struct Mutation;
 
 #[Object]

@@ -7,8 +7,11 @@
 //! - `auth`: who is calling ([`auth::Principal`]): the operator or exactly one tenant.
 //! - `service`: every operation, whatever the surface: authorise, load, decide, append,
 //!   wait for the read models.
-//! - `graphql`: the schema, thin resolvers over `service`.
-//! - `server`: actix-web routes, health and readiness.
+//! - `sending`: the send pipeline's operations (sender profiles, relays, the delivery
+//!   callback, send, batch, message reads, timeline, cancel).
+//! - `graphql`: the schema, thin resolvers over `service` and `sending`.
+//! - `rest`: the `/api/v1` routes over `sending`.
+//! - `server`: actix-web routes, health and readiness; starts the workers.
 //! - `cli`: the subcommands; `bench`: `postledger bench …`.
 //!
 //! The library exists so that tests can drive the same code the binary runs; it is the
@@ -16,10 +19,15 @@
 pub mod app;
 pub mod auth;
 pub mod bench;
+pub mod bench_send;
 pub mod cli;
 pub mod config;
+pub mod eml;
 pub mod error;
 pub mod graphql;
+pub mod graphql_mail;
+pub mod rest;
 pub mod secrets;
+pub mod sending;
 pub mod server;
 pub mod service;

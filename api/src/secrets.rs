@@ -82,6 +82,28 @@ impl Secrets {
     }
 }
 
+const MASTER_KEY_FILE: &str = "master-key";
+
+pub fn master_key_from_hex(text: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(text.trim())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("wrong length"))
+}
+
+/// The development default master key: generated on first start beside the pepper.
+/// Production mode refuses it, because a copy of the folder would then hold the key to the
+/// relay passwords it seals.
+pub fn load_or_create_master_key(data_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let dir = secrets_dir(data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(MASTER_KEY_FILE);
+    if !path.exists() {
+        write_private(&path, &hex::encode(random_bytes::<32>()?))?;
+    }
+    let text = std::fs::read_to_string(&path)?;
+    master_key_from_hex(&text).with_context(|| format!("corrupt master key in {}", path.display()))
+}
+
 /// A new API key secret: `pl_` and 64 hex characters (256 bits).
 pub fn new_api_key() -> anyhow::Result<String> {
     Ok(format!("pl_{}", hex::encode(random_bytes::<32>()?)))

@@ -41,6 +41,32 @@ pub struct Running {
     pub addr: SocketAddr,
     pub app: App,
     pub server: actix_web::dev::Server,
+    pub dispatcher: workers::dispatch::Dispatcher,
+    pub reports: workers::reports::DeliveryReports,
+}
+
+/// Starts the workers that follow the log: SMTP dispatch and delivery reports.
+fn start_workers(
+    app: &App,
+    config: &Config,
+) -> (workers::dispatch::Dispatcher, workers::reports::DeliveryReports) {
+    let d = &config.delivery;
+    let mut dispatch = workers::dispatch::DispatchConfig::new(
+        config.data_dir.join("outbox"),
+        app.blobs.clone(),
+        app.master_key.clone(),
+    );
+    dispatch.retry_schedule = d.retry_schedule.clone();
+    dispatch.max_age = d.max_age;
+    dispatch.concurrency = d.concurrency;
+    dispatch.smtp_timeout = d.smtp_timeout;
+    dispatch.hello_name = d.hello_name.clone();
+    let mut reports = workers::reports::ReportConfig::new(app.master_key.clone());
+    reports.retry_schedule = d.callback_retry_schedule.clone();
+    (
+        workers::dispatch::Dispatcher::start(app.log.clone(), dispatch),
+        workers::reports::DeliveryReports::start(app.log.clone(), reports),
+    )
 }
 
 /// Opens the data folder, starts the projections and binds the listener. Must run inside
@@ -66,17 +92,21 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             token_path.display()
         );
     }
+    let (dispatcher, reports) = start_workers(&app, config);
     let schema = graphql::schema(Some(app.clone()));
     let data_app = web::Data::new(app.clone());
+    let data_workers = web::Data::new((dispatcher.clone(), reports.clone()));
     let data_schema = web::Data::new(schema);
     let http = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(data_app.clone())
             .app_data(data_schema.clone())
+            .app_data(data_workers.clone())
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/graphql", web::post().to(graphql_post))
             .route("/graphql", web::get().to(graphiql))
+            .configure(crate::rest::routes)
             .default_service(web::to(not_found))
     })
     .workers(2)
@@ -97,7 +127,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         server_record_path(&config.data_dir),
         serde_json::to_vec(&record)?,
     )?;
-    Ok(Running { addr, app, server })
+    Ok(Running {
+        addr,
+        app,
+        server,
+        dispatcher,
+        reports,
+    })
 }
 
 /// `postledger serve`: runs until SIGINT or SIGTERM, then stops gracefully.
@@ -110,11 +146,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let handle = running.server.handle();
     let app = running.app.clone();
+    let (dispatcher, reports) = (running.dispatcher, running.reports);
     let server = tokio::spawn(running.server);
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.stop(true).await;
     let _ = server.await;
+    dispatcher.stop().await;
+    reports.stop().await;
     app.projections.stop().await;
     let _ = std::fs::remove_file(server_record_path(&config.data_dir));
     Ok(())
@@ -139,13 +178,24 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(app: web::Data<App>) -> HttpResponse {
+type Workers = (
+    workers::dispatch::Dispatcher,
+    workers::reports::DeliveryReports,
+);
+
+async fn readyz(app: web::Data<App>, workers: web::Data<Workers>) -> HttpResponse {
     let status = app.projections.status();
-    let ready = status.iter().all(|s| s.lag == 0 && s.failed.is_none());
+    let dispatch = workers.0.status();
+    let reports = workers.1.status();
+    let ready = status.iter().all(|s| s.lag == 0 && s.failed.is_none())
+        && dispatch.caught_up
+        && reports.caught_up;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "catching_up" },
         "head": app.log.head(),
         "projections": status,
+        "dispatch": dispatch,
+        "delivery_reports": reports,
     });
     if ready {
         HttpResponse::Ok().json(body)

@@ -259,14 +259,18 @@ pub async fn revoke_api_key(
 
 /// A readable line for one event of the audit timeline.
 pub fn summary(e: &RecordedEvent) -> String {
-    if e.stream.kind == TENANT_STREAM
-        && domain::tenant_event_types().contains(&e.event_type.as_str())
-    {
-        if let Ok(ev) = TenantEvent::decode(&e.event_type, e.schema_version, &e.payload) {
-            return ev.summary();
-        }
-    }
-    e.event_type.clone()
+    use domain::delivery_report::{DeliveryReportEvent, DELIVERY_REPORT_STREAM};
+    use domain::mail_settings::{MailSettingsEvent, MAIL_SETTINGS_STREAM};
+    use domain::message::{MessageEvent, MESSAGE_STREAM};
+    let (t, v, p) = (e.event_type.as_str(), e.schema_version, e.payload.as_slice());
+    let line = match e.stream.kind.as_str() {
+        TENANT_STREAM => TenantEvent::decode(t, v, p).map(|ev| ev.summary()),
+        MESSAGE_STREAM => MessageEvent::decode(t, v, p).map(|ev| ev.summary()),
+        MAIL_SETTINGS_STREAM => MailSettingsEvent::decode(t, v, p).map(|ev| ev.summary()),
+        DELIVERY_REPORT_STREAM => DeliveryReportEvent::decode(t, v, p).map(|ev| ev.summary()),
+        _ => return e.event_type.clone(),
+    };
+    line.unwrap_or_else(|_| e.event_type.clone())
 }
 
 /// One page of the tenant's audit timeline, read straight from the log.

@@ -6,6 +6,8 @@
 //! - `model`: [`ModelWrite`] (a batch's pending writes, read-your-own-writes) and
 //!   [`ModelRead`] (queries).
 //! - `tenants`: the tenants and API keys read model.
+//! - `mail_settings`: sender profiles, relays (without secrets) and callbacks per tenant.
+//! - `messages`: each message's current state and the filtered, newest-first listing.
 //!
 //! **A projector's read-model update and its checkpoint are written in one atomic sled
 //! batch on the projector's own tree, so a crash neither skips nor repeats an event.**
@@ -13,6 +15,8 @@
 mod error;
 mod model;
 mod runner;
+pub mod mail_settings;
+pub mod messages;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -23,7 +27,11 @@ pub use runner::{rebuild_offline, ProjectionStatus, Projections, Projector, Rebu
 
 /// Every projector Postledger runs, in one place so the server and the CLI agree.
 pub fn all() -> Vec<Arc<dyn Projector>> {
-    vec![Arc::new(tenants::TenantsProjector)]
+    vec![
+        Arc::new(tenants::TenantsProjector),
+        Arc::new(mail_settings::MailSettingsProjector),
+        Arc::new(messages::MessagesProjector),
+    ]
 }
 
 /// Looks a projector up by name.

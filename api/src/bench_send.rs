@@ -1,0 +1,340 @@
+//! `postledger bench send`: the send pipeline measured end to end, as a user sees it.
+//!
+//! A real server (this binary, `serve`, as a child process on a fresh folder) and a real
+//! SMTP sink (Postfix's `smtp-sink` when installed, else aiosmtpd's `tests/smtp_sink.py`).
+//! The load comes over HTTP on loopback from this process. Every message is scheduled for
+//! one moment `T` after the accept phases end, so the accept figures are not disturbed by
+//! delivery and the delivery figure is the rate at which the backlog leaves at `T`.
+//! CPU and peak memory are the server's own (`/proc/<pid>`), not this load generator's.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use serde_json::{json, Value};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn per_s(n: usize, d: Duration) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let n = n as f64;
+    n / d.as_secs_f64().max(1e-9)
+}
+
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// utime + stime of a process, in milliseconds.
+fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions; it only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    #[allow(clippy::cast_precision_loss)]
+    let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+    Ok((utime + stime) * 1000.0 / ticks)
+}
+
+fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Ok(kb / 1024.0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn find_smtp_sink() -> Option<PathBuf> {
+    ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Starts an SMTP sink on loopback; returns it, its port and its name.
+fn start_sink(kind: &str, dir: &Path) -> anyhow::Result<(Proc, u16, String)> {
+    let want_postfix = kind == "smtp-sink" || kind == "auto";
+    if want_postfix {
+        if let Some(bin) = find_smtp_sink() {
+            let port = free_port()?;
+            let mut cmd = Command::new(bin);
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                cmd.args(["-u", "nobody"]);
+            }
+            let child = cmd
+                .args(["-c", &format!("127.0.0.1:{port}"), "1024"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start smtp-sink")?;
+            return Ok((Proc(child), port, "postfix smtp-sink".into()));
+        }
+        if kind == "smtp-sink" {
+            bail!("smtp-sink is not installed (Debian package postfix)");
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/smtp_sink.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .args(["--dir"])
+        .arg(dir)
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the aiosmtpd sink")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let port: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .context("the aiosmtpd sink did not print its port")?;
+    Ok((Proc(child), port, "aiosmtpd".into()))
+}
+
+struct Api {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, tenant: Option<&str>, body: Value) -> anyhow::Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&body);
+        if let Some(t) = tenant {
+            req = req.header("Postledger-Tenant", t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+}
+
+pub fn send(c1: usize, c64: usize, sink: &str) -> anyhow::Result<Value> {
+    let tmp = tempfile::tempdir()?;
+    let data = tmp.path().join("data");
+    let sink_dir = tmp.path().join("sink");
+    std::fs::create_dir_all(&sink_dir)?;
+    let (_sink, sink_port, sink_name) = start_sink(sink, &sink_dir)?;
+    std::fs::create_dir_all(&data)?;
+    let config = tmp.path().join("postledger.toml");
+    std::fs::write(
+        &config,
+        "retry_schedule_ms = [200]\ndispatch_concurrency = 128\n",
+    )?;
+    let exe = std::env::current_exe()?;
+    let server = Command::new(exe)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("POSTLEDGER_PEPPER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start the server")?;
+    let pid = server.id();
+    let _server = Proc(server);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        if let Some(r) = crate::server::read_server_record(&data) {
+            if r.pid == pid {
+                break r.url;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let operator = crate::secrets::read_operator_token(&data)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let api = Arc::new(Api {
+            url: url.clone(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(128)
+                .build()?,
+        });
+        let gql = api
+            .call(
+                reqwest::Method::POST,
+                "/graphql",
+                &operator,
+                None,
+                json!({"query": "mutation { createTenant(name: \"bench\") { id } }"}),
+            )
+            .await?;
+        let tenant = gql["data"]["createTenant"]["id"]
+            .as_str()
+            .context("no tenant id")?
+            .to_string();
+        let gql = api
+            .call(
+                reqwest::Method::POST,
+                "/graphql",
+                &operator,
+                None,
+                json!({"query": "mutation($t: ID) { issueApiKey(tenantId: $t, label: \"bench\") { secret } }", "variables": {"t": tenant}}),
+            )
+            .await?;
+        let key = gql["data"]["issueApiKey"]["secret"]
+            .as_str()
+            .context("no key")?
+            .to_string();
+        api.call(
+            reqwest::Method::POST,
+            "/api/v1/senders/",
+            &key,
+            None,
+            json!({"email": "receipts@bench.example", "name": "Receipts"}),
+        )
+        .await?;
+        api.call(
+            reqwest::Method::POST,
+            "/api/v1/relays/",
+            &key,
+            None,
+            json!({"name": "sink", "host": "127.0.0.1", "port": sink_port, "tls": "none", "max_connections": 32}),
+        )
+        .await?;
+
+        // Everything is due at T: after the accept phases, estimated generously.
+        let expected_s = c1 as f64 * 0.003 + c64 as f64 / 5_000.0 + 3.0;
+        let due = Utc::now() + chrono::Duration::milliseconds((expected_s * 1000.0) as i64);
+        let body = move |i: usize| {
+            json!({
+                "from": "receipts@bench.example",
+                "to": [{"email": format!("customer{}@example.com", i % 1000), "name": "A Customer"}],
+                "subject": format!("Your receipt #{i}"),
+                "text": "Thank you for your order. Your receipt is below.\n\nItem: 1 x Widget\nTotal: 10.00 EUR\n",
+                "html": "<p>Thank you for your order.</p><table><tr><td>1 x Widget</td><td>10.00 EUR</td></tr></table>",
+                "tags": ["receipt"],
+                "metadata": {"order": i},
+                "scheduled_at": due.to_rfc3339(),
+            })
+        };
+        let cpu_start = cpu_ms(pid)?;
+
+        // c1: one client, one request at a time.
+        let mut lat = Vec::with_capacity(c1);
+        for i in 0..c1 {
+            let t = Instant::now();
+            api.call(reqwest::Method::POST, "/api/v1/messages/send/", &key, None, body(i))
+                .await?;
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+
+        // c64: 64 clients.
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let api = api.clone();
+            let key = key.clone();
+            let next = next.clone();
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= c64 {
+                        return anyhow::Ok(());
+                    }
+                    api.call(reqwest::Method::POST, "/api/v1/messages/send/", &key, None, body(c1 + i))
+                        .await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let c64_elapsed = start.elapsed();
+        let accept_done = Utc::now();
+        if accept_done > due {
+            eprintln!("postledger bench: the accept phases ran past T; delivery overlapped them");
+        }
+
+        // Delivery: from T until the dispatcher has sent everything.
+        let total = c1 + c64;
+        let wait = (due - Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(600);
+        loop {
+            let r = api.http.get(format!("{url}/readyz")).send().await?;
+            let v: Value = r.json().await?;
+            let sent = v["dispatch"]["sent"].as_u64().unwrap_or(0);
+            let failed = v["dispatch"]["failed"].as_u64().unwrap_or(0);
+            if usize::try_from(sent + failed).unwrap_or(0) >= total {
+                if failed > 0 {
+                    bail!("{failed} messages failed during the benchmark");
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("delivery did not finish: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delivered_elapsed = t0.elapsed();
+        let cpu_total = cpu_ms(pid)? - cpu_start;
+        #[allow(clippy::cast_precision_loss)]
+        let cpu_per_message = cpu_total / total as f64;
+        Ok(json!({
+            "accepted_per_s_c64": per_s(c64, c64_elapsed),
+            "accept_p50_ms_c1": percentile_ms(&lat, 0.50),
+            "accept_p99_ms_c1": percentile_ms(&lat, 0.99),
+            "delivered_per_s": per_s(total, delivered_elapsed),
+            "cpu_ms_per_message": cpu_per_message,
+            "peak_rss_mb": peak_rss_mb(pid)?,
+            "messages": total,
+            "sink": sink_name,
+        }))
+    })
+}

@@ -1,0 +1,147 @@
+//! Following the log: a task reads it from the start (catch-up, then live) and hands the
+//! dispatcher's core small facts instead of records, so that no message body ever stays
+//! in the core's memory or in the channel.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::mail_settings::{MailSettingsEvent, MAIL_SETTINGS_STREAM};
+use domain::message::{AttemptOutcome, MessageEvent, MessageStatus, Priority, MESSAGE_STREAM};
+use domain::DomainEvent;
+use eventlog::{EventLog, RecordedEvent};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::queue::MsgKey;
+
+/// Records read per batch.
+const BATCH: usize = 512;
+
+pub(super) enum MessageFact {
+    Queued {
+        priority: Priority,
+        due: DateTime<Utc>,
+    },
+    Attempted {
+        attempt: u32,
+        /// The relay, when the attempt was a send it accepted (rate-limit counts).
+        sent_via: Option<Uuid>,
+        at: DateTime<Utc>,
+    },
+    Deferred {
+        next_attempt_at: DateTime<Utc>,
+    },
+    Finished(MessageStatus),
+}
+
+pub(super) enum Fact {
+    Settings {
+        tenant: Uuid,
+        event: MailSettingsEvent,
+    },
+    Message {
+        key: MsgKey,
+        version: u64,
+        position: u64,
+        fact: MessageFact,
+    },
+}
+
+/// The facts of one read, and the log position they bring the reader to.
+pub(super) struct Batch {
+    pub facts: Vec<Fact>,
+    pub position: u64,
+}
+
+fn fact(rec: &RecordedEvent) -> Option<Fact> {
+    let kind = rec.stream.kind.as_str();
+    if kind == MAIL_SETTINGS_STREAM {
+        return match MailSettingsEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
+            Ok(event) => Some(Fact::Settings {
+                tenant: rec.tenant,
+                event,
+            }),
+            Err(e) => {
+                tracing::warn!(position = rec.position, error = %e, "skipping an undecodable mail-settings event");
+                None
+            }
+        };
+    }
+    if kind != MESSAGE_STREAM {
+        return None;
+    }
+    let Ok(id) = Uuid::parse_str(&rec.stream.id) else {
+        tracing::warn!(
+            position = rec.position,
+            "skipping a message event whose stream id is not a uuid"
+        );
+        return None;
+    };
+    let event = match MessageEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(position = rec.position, message_id = %id, error = %e, "skipping an undecodable message event");
+            return None;
+        }
+    };
+    let fact = match event {
+        MessageEvent::Queued(q) => MessageFact::Queued {
+            priority: q.priority,
+            due: q.due_at(),
+        },
+        MessageEvent::Attempted(a) => MessageFact::Attempted {
+            attempt: a.attempt,
+            sent_via: if a.outcome == AttemptOutcome::Sent {
+                a.relay_id
+            } else {
+                None
+            },
+            at: a.at,
+        },
+        MessageEvent::Deferred(d) => MessageFact::Deferred {
+            next_attempt_at: d.next_attempt_at,
+        },
+        MessageEvent::Sent(_) => MessageFact::Finished(MessageStatus::Sent),
+        MessageEvent::Failed(_) => MessageFact::Finished(MessageStatus::Failed),
+        MessageEvent::Cancelled(_) => MessageFact::Finished(MessageStatus::Cancelled),
+    };
+    Some(Fact::Message {
+        key: (rec.tenant, id),
+        version: rec.version,
+        position: rec.position,
+        fact,
+    })
+}
+
+/// Reads the whole log, then follows it, until the log closes or the core goes away.
+pub(super) async fn follow(log: EventLog, tx: mpsc::Sender<Batch>) {
+    let mut sub = log.subscribe(0);
+    drop(log);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match sub.next_batch(BATCH).await {
+            Ok(records) => {
+                backoff = Duration::from_millis(100);
+                let facts = records.iter().filter_map(fact).collect();
+                let batch = Batch {
+                    facts,
+                    position: sub.position(),
+                };
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+            Err(eventlog::Error::Closed) => {
+                tracing::info!("the event log closed; the dispatcher stops following it");
+                return;
+            }
+            Err(e) => {
+                // A storage error may pass (the next read retries from the same position);
+                // a corrupt record will not, but retrying slowly costs little and keeps
+                // the error visible.
+                tracing::error!(position = sub.position(), error = %e, "reading the event log failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

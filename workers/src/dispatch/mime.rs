@@ -1,0 +1,296 @@
+//! The MIME of a queued message, built with lettre.
+//!
+//! Structure, from the inside out:
+//! - text only → text/plain; HTML only → text/html; both → multipart/alternative;
+//! - inline parts (an attachment with a content id) go with the HTML in multipart/related;
+//! - any other attachment makes the whole multipart/mixed.
+//!
+//! Bcc recipients are in the envelope only (lettre drops the Bcc header after deriving the
+//! envelope from the headers).
+use std::time::SystemTime;
+
+use domain::message::{AttachmentRef, Mailbox, MessageQueued};
+use eventlog::BlobStore;
+use lettre::address::Envelope;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Attachment, MultiPart, SinglePart};
+use lettre::Address;
+
+/// Our own header naming the message, so that a bounce or a complaint can be tied back to
+/// it whatever the relay did to Message-ID.
+pub(super) const MESSAGE_ID_HEADER: &str = "X-Postledger-Message-Id";
+
+/// What a round sends: the SMTP envelope and the message bytes.
+pub(super) struct Built {
+    pub envelope: Envelope,
+    pub bytes: Vec<u8>,
+}
+
+fn mailbox(m: &Mailbox, field: &str) -> Result<lettre::message::Mailbox, String> {
+    let address: Address = m
+        .email
+        .parse()
+        .map_err(|e| format!("the {field} address is not usable: {e}"))?;
+    Ok(lettre::message::Mailbox::new(m.name.clone(), address))
+}
+
+enum Body {
+    Single(SinglePart),
+    Multi(MultiPart),
+}
+
+impl Body {
+    fn into_multipart_of(self, parent: MultiPart) -> MultiPart {
+        match self {
+            Body::Single(p) => parent.singlepart(p),
+            Body::Multi(p) => parent.multipart(p),
+        }
+    }
+}
+
+fn attachment_part(
+    a: &AttachmentRef,
+    blobs: &BlobStore,
+    inline: bool,
+) -> Result<SinglePart, String> {
+    let content_type = ContentType::parse(&a.content_type).map_err(|e| {
+        format!(
+            "attachment {:?} has an unusable content type {:?}: {e}",
+            a.filename, a.content_type
+        )
+    })?;
+    let bytes = blobs.get(&a.digest).map_err(|e| {
+        format!(
+            "the content of attachment {:?} (blob {}) could not be read: {e}",
+            a.filename, a.digest
+        )
+    })?;
+    let builder = match (&a.content_id, inline) {
+        (Some(cid), true) => Attachment::new_inline_with_name(cid.clone(), a.filename.clone()),
+        _ => Attachment::new(a.filename.clone()),
+    };
+    Ok(builder.body(bytes, content_type))
+}
+
+/// Builds the message. The error says, for the MessageFailed reason, why it cannot be
+/// built (a missing blob, an unusable address or header): retrying would not help.
+pub(super) fn build(m: &MessageQueued, blobs: &BlobStore) -> Result<Built, String> {
+    let from = mailbox(&m.from, "from")?;
+    let domain = m
+        .from
+        .email
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| "the from address has no domain".to_string())?;
+    let mut b = lettre::Message::builder()
+        .from(from)
+        .subject(m.subject.clone())
+        .message_id(Some(format!("<{}@{}>", m.message_id, domain)))
+        .date(SystemTime::from(m.due_at()));
+    if let Some(r) = &m.reply_to {
+        b = b.reply_to(mailbox(r, "reply_to")?);
+    }
+    for t in &m.to {
+        b = b.to(mailbox(t, "to")?);
+    }
+    for c in &m.cc {
+        b = b.cc(mailbox(c, "cc")?);
+    }
+    for c in &m.bcc {
+        b = b.bcc(mailbox(c, "bcc")?);
+    }
+    for (name, value) in &m.headers {
+        let header = HeaderName::new_from_ascii(name.clone())
+            .map_err(|_| format!("the header name {name:?} is not usable"))?;
+        b = b.raw_header(HeaderValue::new(header, value.clone()));
+    }
+    // Last, so that ours replaces a caller's header of the same name.
+    b = b.raw_header(HeaderValue::new(
+        HeaderName::new_from_ascii_str(MESSAGE_ID_HEADER),
+        m.message_id.to_string(),
+    ));
+
+    let text = m.text.as_deref().filter(|t| !t.is_empty());
+    let html = m.html.as_deref().filter(|h| !h.is_empty());
+    // Inline parts only make sense next to HTML that references them; without HTML they
+    // are sent as ordinary attachments rather than lost.
+    let (inline, attached): (Vec<&AttachmentRef>, Vec<&AttachmentRef>) = m
+        .attachments
+        .iter()
+        .partition(|a| a.content_id.is_some() && html.is_some());
+
+    let html_part = match html {
+        None => None,
+        Some(h) if inline.is_empty() => Some(Body::Single(SinglePart::html(h.to_string()))),
+        Some(h) => {
+            let mut related = MultiPart::related()
+                .build()
+                .singlepart(SinglePart::html(h.to_string()));
+            for a in &inline {
+                related = related.singlepart(attachment_part(a, blobs, true)?);
+            }
+            Some(Body::Multi(related))
+        }
+    };
+    let body = match (text, html_part) {
+        (Some(t), None) => Body::Single(SinglePart::plain(t.to_string())),
+        (None, Some(h)) => h,
+        (Some(t), Some(h)) => Body::Multi(
+            h.into_multipart_of(
+                MultiPart::alternative()
+                    .build()
+                    .singlepart(SinglePart::plain(t.to_string())),
+            ),
+        ),
+        (None, None) => return Err("the message has neither text nor HTML".into()),
+    };
+    let body = if attached.is_empty() {
+        body
+    } else {
+        let mut mixed = body.into_multipart_of(MultiPart::mixed().build());
+        for a in &attached {
+            mixed = mixed.singlepart(attachment_part(a, blobs, false)?);
+        }
+        Body::Multi(mixed)
+    };
+    let message = match body {
+        Body::Single(p) => b.singlepart(p),
+        Body::Multi(p) => b.multipart(p),
+    }
+    .map_err(|e| format!("the message could not be built: {e}"))?;
+    Ok(Built {
+        envelope: message.envelope().clone(),
+        bytes: message.formatted(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use domain::message::{Category, Priority};
+    use uuid::Uuid;
+
+    fn mb(e: &str) -> Mailbox {
+        Mailbox {
+            email: e.into(),
+            name: None,
+        }
+    }
+
+    fn message() -> MessageQueued {
+        MessageQueued {
+            message_id: Uuid::from_u128(0xabc),
+            sender_id: Uuid::from_u128(1),
+            from: Mailbox {
+                email: "news@example.test".into(),
+                name: Some("News Desk".into()),
+            },
+            reply_to: Some(mb("help@example.test")),
+            to: vec![mb("ada@example.test")],
+            cc: vec![mb("cc@example.test")],
+            bcc: vec![mb("hidden@example.test")],
+            subject: "Hello".into(),
+            html: Some("<p>Hi <img src=\"cid:logo\"></p>".into()),
+            text: Some("Hi".into()),
+            headers: [("X-Campaign".to_string(), "spring".to_string())].into(),
+            tags: vec![],
+            metadata: serde_json::Value::Null,
+            attachments: vec![],
+            priority: Priority::Normal,
+            category: Category::Transactional,
+            scheduled_at: None,
+            idempotency_key: None,
+            request_digest: "00".into(),
+            queued_at: Utc.timestamp_opt(1_800_000_000, 0).single().unwrap(),
+        }
+    }
+
+    fn att(blobs: &BlobStore, bytes: &[u8], name: &str, cid: Option<&str>) -> AttachmentRef {
+        AttachmentRef {
+            digest: blobs.put(bytes).unwrap(),
+            size: bytes.len() as u64,
+            filename: name.into(),
+            content_type: if cid.is_some() {
+                "image/png"
+            } else {
+                "application/pdf"
+            }
+            .into(),
+            content_id: cid.map(str::to_string),
+        }
+    }
+
+    fn text_of(b: &Built) -> String {
+        String::from_utf8(b.bytes.clone()).unwrap()
+    }
+
+    #[test]
+    fn headers_envelope_and_nesting() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let mut m = message();
+        m.attachments = vec![
+            att(&blobs, b"\x89PNG logo", "logo.png", Some("logo")),
+            att(&blobs, b"%PDF-1.7 report", "report.pdf", None),
+        ];
+        let built = build(&m, &blobs).unwrap();
+        let s = text_of(&built);
+        assert!(
+            s.contains("From: \"News Desk\" <news@example.test>\r\n"),
+            "{s}"
+        );
+        assert!(s.contains("Message-ID: <00000000-0000-0000-0000-000000000abc@example.test>"));
+        assert!(s.contains("X-Postledger-Message-Id: 00000000-0000-0000-0000-000000000abc\r\n"));
+        assert!(s.contains("X-Campaign: spring\r\n"));
+        assert!(s.contains("Reply-To: help@example.test\r\n"));
+        assert!(!s.contains("hidden@example.test"));
+        let rcpt: Vec<String> = built.envelope.to().iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            rcpt,
+            ["ada@example.test", "cc@example.test", "hidden@example.test"]
+        );
+        let mixed = s.find("multipart/mixed").unwrap();
+        let alt = s.find("multipart/alternative").unwrap();
+        let related = s.find("multipart/related").unwrap();
+        assert!(mixed < alt && alt < related, "{s}");
+        assert!(s.contains("Content-ID: <logo>"));
+        assert!(s.contains("Content-Disposition: inline"));
+        assert!(s.contains("Content-Disposition: attachment; filename=\"report.pdf\""));
+    }
+
+    #[test]
+    fn single_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let mut m = message();
+        m.html = None;
+        let s = text_of(&build(&m, &blobs).unwrap());
+        assert!(s.contains("Content-Type: text/plain") && !s.contains("multipart"));
+        let mut m = message();
+        m.text = None;
+        let s = text_of(&build(&m, &blobs).unwrap());
+        assert!(s.contains("Content-Type: text/html") && !s.contains("multipart"));
+    }
+
+    #[test]
+    fn our_message_id_header_wins_and_a_missing_blob_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let mut m = message();
+        m.headers
+            .insert("X-Postledger-Message-Id".into(), "forged".into());
+        let s = text_of(&build(&m, &blobs).unwrap());
+        assert!(!s.contains("forged"));
+        m.attachments = vec![AttachmentRef {
+            digest: "ab".repeat(32),
+            size: 3,
+            filename: "gone.pdf".into(),
+            content_type: "application/pdf".into(),
+            content_id: None,
+        }];
+        let err = build(&m, &blobs).err().unwrap();
+        assert!(err.contains("gone.pdf"), "{err}");
+    }
+}
