@@ -132,7 +132,14 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, token: &str, tenant: Option<&str>, body: Value) -> anyhow::Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        tenant: Option<&str>,
+        body: Value,
+    ) -> anyhow::Result<Value> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -279,7 +286,6 @@ pub fn send(c1: usize, c64: usize, sink: &str) -> anyhow::Result<Value> {
             let api = api.clone();
             let key = key.clone();
             let next = next.clone();
-            let body = body.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -36,7 +36,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "POSTLEDGER_PEPPER", hide_env_values = true)]
     pub pepper: Option<String>,
     /// Master key, 64 hex characters (seals relay passwords and callback secrets).
-    #[arg(long, global = true, env = "POSTLEDGER_MASTER_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "POSTLEDGER_MASTER_KEY",
+        hide_env_values = true
+    )]
     pub master_key: Option<String>,
     #[command(subcommand)]
     pub command: Command,
@@ -272,8 +277,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eml,
             idempotency_key,
         } => {
-            let bytes = std::fs::read(&eml)
-                .with_context(|| format!("cannot read {}", eml.display()))?;
+            let bytes =
+                std::fs::read(&eml).with_context(|| format!("cannot read {}", eml.display()))?;
             let request = crate::eml::send_request(&bytes)?;
             with_target(&overrides, |t| {
                 Box::pin(send(t, tenant, request, idempotency_key))
@@ -286,6 +291,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Where a subcommand's work happens.
+// One Target lives per process run; boxing the config would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Target {
     Direct {
         config: Config,

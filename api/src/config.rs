@@ -122,9 +122,11 @@ impl Config {
             None => crate::secrets::load_or_create_master_key(&data_dir)?,
         };
         let ms = |v: Vec<u64>| v.into_iter().map(Duration::from_millis).collect::<Vec<_>>();
-        let retry_schedule = ms(file
-            .retry_schedule_ms
-            .unwrap_or_else(|| vec![60_000, 300_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 14_400_000]));
+        let retry_schedule = ms(file.retry_schedule_ms.unwrap_or_else(|| {
+            vec![
+                60_000, 300_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 14_400_000,
+            ]
+        }));
         if retry_schedule.is_empty() {
             bail!("retry_schedule_ms must name at least one delay");
         }
@@ -147,8 +149,10 @@ impl Config {
             production,
             cache_bytes: file.cache_mb.unwrap_or(64).saturating_mul(1024 * 1024),
             master_key,
-            max_body_bytes: usize::try_from(file.max_body_mb.unwrap_or(25).saturating_mul(1024 * 1024))
-                .unwrap_or(usize::MAX),
+            max_body_bytes: usize::try_from(
+                file.max_body_mb.unwrap_or(25).saturating_mul(1024 * 1024),
+            )
+            .unwrap_or(usize::MAX),
             delivery,
         })
     }

@@ -44,9 +44,10 @@ pub fn send_request(bytes: &[u8]) -> anyhow::Result<SendRequest> {
     if to.is_none() {
         bail!("the message has no To address");
     }
-    let reply_to = msg.reply_to().and_then(Address::first).and_then(|a| {
-        Some(AddressInput::Plain(a.address.as_deref()?.to_string()))
-    });
+    let reply_to = msg
+        .reply_to()
+        .and_then(Address::first)
+        .and_then(|a| Some(AddressInput::Plain(a.address.as_deref()?.to_string())));
     let mut headers = BTreeMap::new();
     for h in msg.headers() {
         if let HeaderName::Other(name) = &h.name {

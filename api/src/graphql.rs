@@ -27,8 +27,8 @@ pub fn schema(app: Option<App>) -> AppSchema {
         MutationRoot::default(),
         async_graphql::EmptySubscription,
     )
-        .limit_depth(16)
-        .limit_complexity(5_000);
+    .limit_depth(16)
+    .limit_complexity(5_000);
     if let Some(app) = app {
         b = b.data(app);
     }

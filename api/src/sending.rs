@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use domain::delivery_report::DELIVERY_REPORT_STREAM;
 use domain::mail_settings::{
     self as settings, DeliveryCallback, MailSettings, MailSettingsCommand, MailSettingsEvent,
     Relay, SenderProfile, TlsMode, MAIL_SETTINGS_STREAM,
@@ -18,7 +19,6 @@ use domain::message::{
     self, AttachmentRef, Category, Mailbox, MessageCommand, MessageEvent, MessageQueued,
     MessageState, Priority, MESSAGE_STREAM,
 };
-use domain::delivery_report::DELIVERY_REPORT_STREAM;
 use domain::{DomainError, DomainEvent, FieldError};
 use eventlog::{ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
 use projections::mail_settings::{CallbackView, RelayView, SenderView};
@@ -186,7 +186,11 @@ fn parse_category(v: &str, field_name: &str) -> Result<Category> {
     })
 }
 
-fn merge_sender(id: Uuid, input: &SenderInput, old: Option<&SenderProfile>) -> Result<SenderProfile> {
+fn merge_sender(
+    id: Uuid,
+    input: &SenderInput,
+    old: Option<&SenderProfile>,
+) -> Result<SenderProfile> {
     let email = match (&input.email, old) {
         (Some(e), _) => e.trim().to_ascii_lowercase(),
         (None, Some(o)) => o.email.clone(),
@@ -246,7 +250,11 @@ pub async fn update_sender(
     let tenant = tenant_of(app, ctx, requested, false)?;
     change_settings(app, ctx, tenant, |s| {
         let old = s.senders.get(&id).ok_or_else(sender_not_found)?;
-        Ok(MailSettingsCommand::PutSender(merge_sender(id, &input, Some(old))?))
+        Ok(MailSettingsCommand::PutSender(merge_sender(
+            id,
+            &input,
+            Some(old),
+        )?))
     })
     .await?;
     app.mail.sender(tenant, id)?.ok_or_else(sender_not_found)
@@ -254,7 +262,10 @@ pub async fn update_sender(
 
 pub async fn delete_sender(app: &App, ctx: &Ctx, requested: Option<Uuid>, id: Uuid) -> Result<()> {
     let tenant = tenant_of(app, ctx, requested, false)?;
-    change_settings(app, ctx, tenant, |_| Ok(MailSettingsCommand::RemoveSender { id })).await?;
+    change_settings(app, ctx, tenant, |_| {
+        Ok(MailSettingsCommand::RemoveSender { id })
+    })
+    .await?;
     Ok(())
 }
 
@@ -314,7 +325,10 @@ fn merge_relay(
         (Some(p), _) if p.is_empty() => None,
         (Some(p), _) => Some(
             app.master_key
-                .seal(p.as_bytes(), &workers::seal::relay_password_context(tenant, id))
+                .seal(
+                    p.as_bytes(),
+                    &workers::seal::relay_password_context(tenant, id),
+                )
                 .map_err(|e| ApiError::internal(e.to_string()))?,
         ),
         (None, Some(o)) => o.password.clone(),
@@ -363,7 +377,10 @@ pub async fn create_relay(
     let tenant = tenant_of(app, ctx, requested, false)?;
     let id = Uuid::now_v7();
     let relay = merge_relay(app, tenant, id, &input, None)?;
-    change_settings(app, ctx, tenant, |_| Ok(MailSettingsCommand::PutRelay(relay.clone()))).await?;
+    change_settings(app, ctx, tenant, |_| {
+        Ok(MailSettingsCommand::PutRelay(relay.clone()))
+    })
+    .await?;
     app.mail.relay(tenant, id)?.ok_or_else(relay_not_found)
 }
 
@@ -391,7 +408,10 @@ pub async fn update_relay(
 
 pub async fn delete_relay(app: &App, ctx: &Ctx, requested: Option<Uuid>, id: Uuid) -> Result<()> {
     let tenant = tenant_of(app, ctx, requested, false)?;
-    change_settings(app, ctx, tenant, |_| Ok(MailSettingsCommand::RemoveRelay { id })).await?;
+    change_settings(app, ctx, tenant, |_| {
+        Ok(MailSettingsCommand::RemoveRelay { id })
+    })
+    .await?;
     Ok(())
 }
 
@@ -447,7 +467,10 @@ pub async fn clear_callback(app: &App, ctx: &Ctx, requested: Option<Uuid>) -> Re
 
 /// An address as callers write it: `"a@b"` or `{"email": "a@b", "name": "A"}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(untagged, expecting = "an address: \"a@example.com\" or {\"email\": …, \"name\": …}")]
+#[serde(
+    untagged,
+    expecting = "an address: \"a@example.com\" or {\"email\": …, \"name\": …}"
+)]
 pub enum AddressInput {
     Plain(String),
     Full {
@@ -565,7 +588,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
         Ok(v) => {
             de.end().map_err(|e| {
-                ApiError::new(400, "BAD_REQUEST", format!("the body is not one JSON value: {e}"))
+                ApiError::new(
+                    400,
+                    "BAD_REQUEST",
+                    format!("the body is not one JSON value: {e}"),
+                )
             })?;
             Ok(v)
         }
@@ -579,7 +606,11 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
                     format!("the body is not valid JSON: {inner}"),
                 ));
             }
-            let name = if path == "." { "body".to_string() } else { path };
+            let name = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
             Err(validation(vec![field(name, inner.to_string())]))
         }
     }
@@ -594,7 +625,11 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
 }
 
 fn guess_content_type(filename: &str) -> &'static str {
-    let ext = filename.rsplit('.').next().unwrap_or("").to_ascii_lowercase();
+    let ext = filename
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "pdf" => "application/pdf",
         "png" => "image/png",
@@ -663,10 +698,7 @@ pub async fn send(
     };
     let category = match (req.category.as_deref(), &sender) {
         (Some(c), _) => Category::parse(c).unwrap_or_else(|| {
-            problems.push(field(
-                "category",
-                "must be `transactional` or `marketing`",
-            ));
+            problems.push(field("category", "must be `transactional` or `marketing`"));
             Category::Transactional
         }),
         (None, Some(s)) => Category::parse(&s.category).unwrap_or(Category::Transactional),
@@ -698,7 +730,9 @@ pub async fn send(
         .map(AddressInput::mailbox)
         .or_else(|| {
             sender.as_ref().and_then(|s| {
-                s.reply_to.clone().map(|email| Mailbox { email, name: None })
+                s.reply_to
+                    .clone()
+                    .map(|email| Mailbox { email, name: None })
             })
         });
     let mut from = from.unwrap_or(Mailbox {
@@ -728,6 +762,20 @@ pub async fn send(
             content_id: a.content_id.clone(),
         })
         .collect();
+    // Big bodies go beside the log, like attachments; the event keeps their digests.
+    let (mut html, mut text) = (req.html.clone(), req.text.clone());
+    let (mut html_blob, mut text_blob) = (None, None);
+    let inline = html.as_ref().map_or(0, String::len) + text.as_ref().map_or(0, String::len);
+    if inline > message::MAX_INLINE_BODY_BYTES {
+        if let Some(h) = html.take().filter(|h| !h.is_empty()) {
+            html_blob = Some(eventlog::BlobStore::digest(h.as_bytes()));
+            decoded.push(h.into_bytes());
+        }
+        if let Some(t) = text.take().filter(|t| !t.is_empty()) {
+            text_blob = Some(eventlog::BlobStore::digest(t.as_bytes()));
+            decoded.push(t.into_bytes());
+        }
+    }
     let queued = MessageQueued {
         message_id,
         sender_id: sender.as_ref().map_or(Uuid::nil(), |s| s.id),
@@ -737,8 +785,10 @@ pub async fn send(
         cc: AddressList::mailboxes(&req.cc),
         bcc: AddressList::mailboxes(&req.bcc),
         subject: req.subject.clone().unwrap_or_default(),
-        html: req.html.clone(),
-        text: req.text.clone(),
+        html,
+        text,
+        html_blob,
+        text_blob,
         headers: req.headers.clone().unwrap_or_default(),
         tags: req.tags.clone().unwrap_or_default(),
         metadata: req.metadata.clone().unwrap_or(Value::Null),
@@ -761,6 +811,13 @@ pub async fn send(
             now,
         },
     )?;
+    let new = new_events(&events);
+    if new.iter().any(|e| e.payload.len() > eventlog::MAX_PAYLOAD) {
+        return Err(validation(vec![field(
+            "body",
+            "the message's addresses, headers, tags, metadata and attachment names exceed 64 KiB",
+        )]));
+    }
     // The bytes go to the blob store before the event that names them is appended.
     if !decoded.is_empty() {
         let blobs = app.blobs.clone();
@@ -779,7 +836,7 @@ pub async fn send(
             tenant,
             stream.clone(),
             ExpectedVersion::NoStream,
-            new_events(&events),
+            new,
             meta(ctx),
         )
         .await
@@ -853,33 +910,36 @@ pub async fn send_batch(
             format!("must hold 1..={MAX_BATCH} messages"),
         )]));
     }
-    let futures = items.into_iter().enumerate().map(|(index, item)| async move {
-        let parsed = serde_json::to_vec(&item)
-            .map_err(|e| ApiError::internal(e.to_string()))
-            .and_then(|bytes| parse_json::<SendRequest>(&bytes));
-        let outcome = match parsed {
-            Ok(req) => send(app, ctx, requested, req, None).await,
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(r) => BatchItem {
-                index,
-                status: if r.duplicate { 200 } else { 202 },
-                id: Some(r.id),
-                message_status: Some(r.status),
-                duplicate: Some(r.duplicate),
-                error: None,
-            },
-            Err(e) => BatchItem {
-                index,
-                status: e.status,
-                id: None,
-                message_status: None,
-                duplicate: None,
-                error: Some(e.body()["error"].clone()),
-            },
-        }
-    });
+    let futures = items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| async move {
+            let parsed = serde_json::to_vec(&item)
+                .map_err(|e| ApiError::internal(e.to_string()))
+                .and_then(|bytes| parse_json::<SendRequest>(&bytes));
+            let outcome = match parsed {
+                Ok(req) => send(app, ctx, requested, req, None).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(r) => BatchItem {
+                    index,
+                    status: if r.duplicate { 200 } else { 202 },
+                    id: Some(r.id),
+                    message_status: Some(r.status),
+                    duplicate: Some(r.duplicate),
+                    error: None,
+                },
+                Err(e) => BatchItem {
+                    index,
+                    status: e.status,
+                    id: None,
+                    message_status: None,
+                    duplicate: None,
+                    error: Some(e.body()["error"].clone()),
+                },
+            }
+        });
     Ok(futures_util::future::join_all(futures).await)
 }
 
@@ -998,7 +1058,9 @@ pub fn list_messages(
             )]));
         }
     }
-    Ok(app.messages.list(tenant, filter, after, first.clamp(1, 100))?)
+    Ok(app
+        .messages
+        .list(tenant, filter, after, first.clamp(1, 100))?)
 }
 
 /// Cancels a message that has not been sent yet.

@@ -49,7 +49,10 @@ pub struct Running {
 fn start_workers(
     app: &App,
     config: &Config,
-) -> (workers::dispatch::Dispatcher, workers::reports::DeliveryReports) {
+) -> (
+    workers::dispatch::Dispatcher,
+    workers::reports::DeliveryReports,
+) {
     let d = &config.delivery;
     let mut dispatch = workers::dispatch::DispatchConfig::new(
         config.data_dir.join("outbox"),

@@ -262,7 +262,11 @@ pub fn summary(e: &RecordedEvent) -> String {
     use domain::delivery_report::{DeliveryReportEvent, DELIVERY_REPORT_STREAM};
     use domain::mail_settings::{MailSettingsEvent, MAIL_SETTINGS_STREAM};
     use domain::message::{MessageEvent, MESSAGE_STREAM};
-    let (t, v, p) = (e.event_type.as_str(), e.schema_version, e.payload.as_slice());
+    let (t, v, p) = (
+        e.event_type.as_str(),
+        e.schema_version,
+        e.payload.as_slice(),
+    );
     let line = match e.stream.kind.as_str() {
         TENANT_STREAM => TenantEvent::decode(t, v, p).map(|ev| ev.summary()),
         MESSAGE_STREAM => MessageEvent::decode(t, v, p).map(|ev| ev.summary()),

@@ -181,7 +181,10 @@ fn plain(s: &str, max: usize) -> bool {
 fn check_sender(state: &MailSettings, s: &SenderProfile) -> Vec<FieldError> {
     let mut f = Vec::new();
     if !valid_email(&s.email) || s.email != s.email.to_ascii_lowercase() {
-        f.push(invalid("email", "is not a valid (lower-case) email address"));
+        f.push(invalid(
+            "email",
+            "is not a valid (lower-case) email address",
+        ));
     } else if state
         .senders
         .values()
@@ -274,7 +277,10 @@ pub fn decide(state: &MailSettings, cmd: MailSettingsCommand) -> Result<Vec<Mail
                 Ok(vec![MailSettingsEvent::SenderUpdated(s)])
             } else if state.senders.len() >= MAX_SENDERS {
                 Err(DomainError::Validation {
-                    fields: vec![invalid("email", "a tenant has at most 1000 sender profiles")],
+                    fields: vec![invalid(
+                        "email",
+                        "a tenant has at most 1000 sender profiles",
+                    )],
                 })
             } else {
                 Ok(vec![MailSettingsEvent::SenderAdded(s)])
@@ -458,22 +464,44 @@ mod tests {
     #[test]
     fn senders_are_unique_by_address_and_updated_in_place() {
         let mut s = MailSettings::default();
-        run(&mut s, MailSettingsCommand::PutSender(sender(1, "a@example.test"))).unwrap();
-        let dup = run(&mut s, MailSettingsCommand::PutSender(sender(2, "a@example.test")));
+        run(
+            &mut s,
+            MailSettingsCommand::PutSender(sender(1, "a@example.test")),
+        )
+        .unwrap();
+        let dup = run(
+            &mut s,
+            MailSettingsCommand::PutSender(sender(2, "a@example.test")),
+        );
         assert_eq!(dup.unwrap_err().code(), "VALIDATION_FAILED");
-        let upd = run(&mut s, MailSettingsCommand::PutSender(sender(1, "b@example.test"))).unwrap();
+        let upd = run(
+            &mut s,
+            MailSettingsCommand::PutSender(sender(1, "b@example.test")),
+        )
+        .unwrap();
         assert!(matches!(upd[0], MailSettingsEvent::SenderUpdated(_)));
         assert!(s.sender_for("B@Example.test").is_some());
         assert!(s.sender_for("a@example.test").is_none());
-        let upper = run(&mut s, MailSettingsCommand::PutSender(sender(3, "C@example.test")));
+        let upper = run(
+            &mut s,
+            MailSettingsCommand::PutSender(sender(3, "C@example.test")),
+        );
         assert!(upper.is_err());
     }
 
     #[test]
     fn relays_are_validated_and_ordered_by_priority() {
         let mut s = MailSettings::default();
-        run(&mut s, MailSettingsCommand::PutRelay(relay(1, "backup", 20))).unwrap();
-        run(&mut s, MailSettingsCommand::PutRelay(relay(2, "primary", 10))).unwrap();
+        run(
+            &mut s,
+            MailSettingsCommand::PutRelay(relay(1, "backup", 20)),
+        )
+        .unwrap();
+        run(
+            &mut s,
+            MailSettingsCommand::PutRelay(relay(2, "primary", 10)),
+        )
+        .unwrap();
         let names: Vec<_> = s.relays_in_order().iter().map(|r| r.name.clone()).collect();
         assert_eq!(names, ["primary", "backup"]);
         let mut bad = relay(3, "bad", 1);

@@ -21,6 +21,11 @@ pub const MAX_TAG_CHARS: usize = 64;
 pub const MAX_HEADERS: usize = 50;
 pub const MAX_ATTACHMENTS: usize = 50;
 pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+/// Bodies up to this size (HTML and text together) travel inside `MessageQueued`; larger
+/// ones go to the blob store, so that the event stays far below the log's payload limit.
+pub const MAX_INLINE_BODY_BYTES: usize = 8 * 1024;
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// Order in which due messages leave the queue. The derived `Ord` is the dispatch order:
 /// `Immediate` first.
@@ -117,6 +122,12 @@ pub struct MessageQueued {
     pub html: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Digest of the HTML body in the blob store, for a body too big to sit in the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html_blob: Option<String>,
+    /// Digest of the text body in the blob store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_blob: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -434,7 +445,11 @@ fn push(fields: &mut Vec<FieldError>, field: impl Into<String>, message: impl In
 fn check_mailboxes(fields: &mut Vec<FieldError>, name: &str, list: &[Mailbox]) {
     for (i, m) in list.iter().enumerate() {
         if !valid_email(&m.email) {
-            push(fields, format!("{name}[{i}]"), "is not a valid email address");
+            push(
+                fields,
+                format!("{name}[{i}]"),
+                "is not a valid email address",
+            );
         }
         if let Some(n) = &m.name {
             if n.chars().any(char::is_control) || n.chars().count() > 200 {
@@ -473,22 +488,32 @@ pub fn validate_message(m: &MessageQueued, now: DateTime<Utc>) -> Vec<FieldError
     }
     if m.subject.trim().is_empty() {
         push(&mut f, "subject", "must not be empty");
-    } else if m.subject.chars().count() > MAX_SUBJECT_CHARS
-        || m.subject.contains(['\r', '\n'])
-    {
+    } else if m.subject.chars().count() > MAX_SUBJECT_CHARS || m.subject.contains(['\r', '\n']) {
         push(
             &mut f,
             "subject",
             format!("must be one line of at most {MAX_SUBJECT_CHARS} characters"),
         );
     }
-    let html_empty = m.html.as_deref().is_none_or(str::is_empty);
-    let text_empty = m.text.as_deref().is_none_or(str::is_empty);
+    let html_empty = m.html.as_deref().is_none_or(str::is_empty) && m.html_blob.is_none();
+    let text_empty = m.text.as_deref().is_none_or(str::is_empty) && m.text_blob.is_none();
     if html_empty && text_empty {
         push(&mut f, "html", "html or text (or both) is required");
     }
-    if m.headers.len() > MAX_HEADERS {
-        push(&mut f, "headers", format!("at most {MAX_HEADERS} headers"));
+    let header_bytes: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if m.headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        push(
+            &mut f,
+            "headers",
+            format!("at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes"),
+        );
+    }
+    if m.metadata.to_string().len() > MAX_METADATA_BYTES {
+        push(
+            &mut f,
+            "metadata",
+            format!("must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+        );
     }
     for (name, value) in &m.headers {
         if !settable_header(name) {
@@ -549,7 +574,9 @@ pub fn validate_message(m: &MessageQueued, now: DateTime<Utc>) -> Vec<FieldError
         if let Some(cid) = &a.content_id {
             if cid.is_empty()
                 || cid.len() > 200
-                || !cid.bytes().all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+                || !cid
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
             {
                 push(
                     &mut f,
@@ -716,6 +743,8 @@ mod tests {
             subject: "Hello".into(),
             html: Some("<p>Hi</p>".into()),
             text: None,
+            html_blob: None,
+            text_blob: None,
             headers: BTreeMap::new(),
             tags: vec!["welcome".into()],
             metadata: serde_json::json!({"user": 42}),
@@ -902,7 +931,8 @@ mod tests {
             }),
         ];
         for e in events {
-            let back = MessageEvent::decode(e.event_type(), e.schema_version(), &e.encode()).unwrap();
+            let back =
+                MessageEvent::decode(e.event_type(), e.schema_version(), &e.encode()).unwrap();
             assert_eq!(back, e);
             assert!(!back.summary().is_empty());
         }
@@ -915,7 +945,9 @@ mod tests {
         for ok in ["a@b.c", "a.b+tag@example.test", "x@localhost"] {
             assert!(valid_email(ok), "{ok}");
         }
-        for bad in ["", "a", "@b.c", "a@", "a b@c.d", "a@b..c", "a@-b.c", "<a@b.c>"] {
+        for bad in [
+            "", "a", "@b.c", "a@", "a b@c.d", "a@b..c", "a@-b.c", "<a@b.c>",
+        ] {
             assert!(!valid_email(bad), "{bad}");
         }
     }

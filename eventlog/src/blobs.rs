@@ -19,7 +19,10 @@ pub struct BlobStore {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn valid_digest(digest: &str) -> bool {
-    digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -75,7 +78,9 @@ impl BlobStore {
     /// The bytes stored under `digest`, checked against it.
     pub fn get(&self, digest: &str) -> Result<Vec<u8>> {
         if !valid_digest(digest) {
-            return Err(Error::InvalidInput(format!("not a blob digest: {digest:?}")));
+            return Err(Error::InvalidInput(format!(
+                "not a blob digest: {digest:?}"
+            )));
         }
         let bytes = fs::read(self.path(digest))?;
         if Self::digest(&bytes) != digest {

@@ -37,8 +37,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-pub use chunk::record_location;
 pub use blobs::BlobStore;
+pub use chunk::record_location;
 pub use error::{Error, Result};
 pub use record::{Actor, Metadata, NewEvent, RecordedEvent, StreamId, FORMAT_VERSION, MAX_PAYLOAD};
 pub use subscription::Subscription;

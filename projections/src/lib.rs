@@ -13,10 +13,10 @@
 //! batch on the projector's own tree, so a crash neither skips nor repeats an event.**
 //! Read models are disposable: they can be dropped and rebuilt from the log at any time.
 mod error;
-mod model;
-mod runner;
 pub mod mail_settings;
 pub mod messages;
+mod model;
+mod runner;
 pub mod tenants;
 
 use std::sync::Arc;

@@ -170,7 +170,10 @@ impl MailSettingsRead {
     /// The sender profile of a from address (any case).
     pub fn sender_by_email(&self, tenant: Uuid, email: &str) -> Result<Option<SenderView>> {
         let email = email.to_ascii_lowercase();
-        match self.model.get::<Uuid>(&key(b'e', tenant, email.as_bytes()))? {
+        match self
+            .model
+            .get::<Uuid>(&key(b'e', tenant, email.as_bytes()))?
+        {
             Some(id) => self.sender(tenant, id),
             None => Ok(None),
         }

@@ -187,7 +187,10 @@ impl MessageFilter {
     fn keeps(&self, v: &MessageView) -> bool {
         let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
         self.status.as_deref().is_none_or(|s| v.status == s)
-            && self.tag.as_deref().is_none_or(|t| v.tags.iter().any(|x| x == t))
+            && self
+                .tag
+                .as_deref()
+                .is_none_or(|t| v.tags.iter().any(|x| x == t))
             && self
                 .to
                 .as_deref()
@@ -236,9 +239,7 @@ impl Messages {
         let mut items = Vec::new();
         let mut scanned = 0usize;
         loop {
-            let batch = self
-                .model
-                .scan::<Uuid>(&prefix, cursor.as_deref(), 256)?;
+            let batch = self.model.scan::<Uuid>(&prefix, cursor.as_deref(), 256)?;
             let Some((last_key, _)) = batch.last() else {
                 return Ok(MessagePage { items, next: None });
             };

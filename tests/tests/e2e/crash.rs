@@ -155,7 +155,10 @@ async fn a_killed_server_loses_no_acknowledged_message() {
         .filter(|(_, st)| st.as_str() == "failed")
         .map(|(id, _)| id)
         .collect();
-    assert!(failed.is_empty(), "failed although the relay takes everything: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "failed although the relay takes everything: {failed:?}"
+    );
 
     let delivered = sink.delivered();
     let mut counts: HashMap<String, usize> = HashMap::new();
@@ -166,7 +169,10 @@ async fn a_killed_server_loses_no_acknowledged_message() {
             .unwrap_or_else(|| panic!("no X-Postledger-Message-Id in\n{}", d.text()));
         *counts.entry(id).or_default() += 1;
     }
-    let missing: Vec<&String> = acked.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
     assert!(
         missing.is_empty(),
         "{} acknowledged messages never reached the relay, e.g. {:?}",

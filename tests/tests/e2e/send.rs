@@ -249,7 +249,9 @@ async fn a_sent_message_arrives_with_every_header_body_and_attachment_intact() {
         .find(|p| p.content_id().map(|c| c.trim_matches(['<', '>'])) == Some("logo@news"))
         .unwrap_or_else(|| panic!("no part with Content-ID <logo@news> in\n{raw_text}"));
     assert_eq!(logo.contents(), &png[..], "the inline image's bytes");
-    let ct = logo.content_type().expect("the inline image's content type");
+    let ct = logo
+        .content_type()
+        .expect("the inline image's content type");
     assert_eq!((ct.ctype(), ct.subtype()), ("image", Some("png")));
 
     // What the API says about it.
@@ -478,9 +480,17 @@ async fn due_messages_leave_by_priority_then_age() {
     // give the opposite order.
     let at = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
     let mut queued = Vec::new();
-    for (n, priority) in ["low", "low", "normal", "normal", "high", "high", "immediate"]
-        .iter()
-        .enumerate()
+    for (n, priority) in [
+        "low",
+        "low",
+        "normal",
+        "normal",
+        "high",
+        "high",
+        "immediate",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut body = simple("ada@example.test", &format!("{priority} {n}"));
         body["priority"] = json!(priority);
@@ -491,7 +501,11 @@ async fn due_messages_leave_by_priority_then_age() {
         chrono::Utc::now() < chrono::DateTime::parse_from_rfc3339(&at).unwrap(),
         "queueing took too long for this test to mean anything"
     );
-    let rank = |p: &str| ["immediate", "high", "normal", "low"].iter().position(|x| *x == p);
+    let rank = |p: &str| {
+        ["immediate", "high", "normal", "low"]
+            .iter()
+            .position(|x| *x == p)
+    };
     let mut expected = queued.clone();
     // Stable: within a priority, the older first.
     expected.sort_by_key(|(_, p)| rank(p));
@@ -686,12 +700,7 @@ async fn refused_sends_say_why_in_one_format_and_queue_nothing() {
                 Some(raw.to_vec()),
             )
             .await;
-        assert_eq!(
-            status,
-            400,
-            "{:?}: {answer}",
-            String::from_utf8_lossy(raw)
-        );
+        assert_eq!(status, 400, "{:?}: {answer}", String::from_utf8_lossy(raw));
         assert_eq!(error_code(&answer), "BAD_REQUEST");
     }
 
@@ -727,7 +736,9 @@ async fn refused_sends_say_why_in_one_format_and_queue_nothing() {
     .await;
     nothing_queued(&s, &key, "the suspension").await;
     // The tenant works again, and nothing refused went out meanwhile.
-    let id = s.send_ok(&key, simple("ada@example.test", "Welcome back")).await;
+    let id = s
+        .send_ok(&key, simple("ada@example.test", "Welcome back"))
+        .await;
     wait_status(&s, &key, &id, "sent", SLOW).await;
     let got = wait_delivered(&sink, 1, SLOW).await;
     let ids: Vec<String> = got.iter().map(pl_id).collect();
@@ -803,7 +814,10 @@ async fn a_batch_answers_each_message_on_its_own() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((&body["accepted"], &body["rejected"]), (&json!(2), &json!(1)));
+    assert_eq!(
+        (&body["accepted"], &body["rejected"]),
+        (&json!(2), &json!(1))
+    );
     let results = body["results"].as_array().expect("results");
     let statuses: Vec<_> = results.iter().map(|r| r["status"].clone()).collect();
     assert_eq!(statuses, [json!(202), json!(422), json!(202)], "{body}");
@@ -898,7 +912,11 @@ async fn a_cancelled_message_is_never_sent_and_a_sent_one_cannot_be_cancelled() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = sink.delivered();
     let ids: Vec<String> = got.iter().map(pl_id).collect();
-    assert_eq!(ids, [control.clone()], "only the control message arrives");
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&control),
+        "only the control message arrives"
+    );
     for id in [&cancelled, &far] {
         assert_eq!(s.message(&key, id).await["status"], "cancelled");
         let events = s.timeline(&key, id).await;
@@ -1238,7 +1256,10 @@ async fn a_relay_password_is_never_shown_stored_or_logged_in_clear() {
 
     let log = std::fs::read_to_string(&stderr_file).unwrap();
     assert!(log.contains("listening on"), "stderr was captured: {log}");
-    assert!(!log.contains(&password), "stderr holds the password:\n{log}");
+    assert!(
+        !log.contains(&password),
+        "stderr holds the password:\n{log}"
+    );
     for addr in [&sent_to, &deferred_to, &rejected_to] {
         assert!(!log.contains(addr.as_str()), "stderr holds {addr}:\n{log}");
     }
@@ -1272,8 +1293,7 @@ async fn without_a_relay_mail_goes_to_the_file_outbox() {
         .join("outbox")
         .join(&tenant)
         .join(format!("{id}.eml"));
-    let raw = std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let parsed = MessageParser::default().parse(&raw).expect("parses");
     assert_eq!(parsed.subject(), Some("Into the outbox"));
     assert_eq!(
@@ -1287,7 +1307,10 @@ async fn without_a_relay_mail_goes_to_the_file_outbox() {
         Some(id.as_str())
     );
     assert_eq!(
-        parsed.to().and_then(|a| a.first()).and_then(|a| a.address()),
+        parsed
+            .to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address()),
         Some("ada@example.test")
     );
     s.stop();
@@ -1517,7 +1540,11 @@ async fn a_relay_rate_limit_holds_across_a_restart() {
     }
     wait_delivered(&sink, 2, SLOW).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(sink.delivered().len(), 2, "per_minute = 2 lets only 2 through");
+    assert_eq!(
+        sink.delivered().len(),
+        2,
+        "per_minute = 2 lets only 2 through"
+    );
     let mut waiting = Vec::new();
     for id in &ids {
         let st = s.message(&key, id).await["status"]
@@ -1536,11 +1563,19 @@ async fn a_relay_rate_limit_holds_across_a_restart() {
     s.stop();
 
     let s = Server::start_with(dir.path(), CONFIG);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        sink.delivered().len(),
-        2,
-        "a restart must not reset the relay's minute"
+    let restarted = Instant::now();
+    // The restarted dispatcher works: another tenant's unmetered relay delivers at once.
+    let (_, other) = setup_tenant(&s, &[("open", sink.port, 1)]).await;
+    let control = s
+        .send_ok(&other, simple("grace@example.test", "Unmetered"))
+        .await;
+    wait_status(&s, &other, &control, "sent", SLOW).await;
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(restarted.elapsed())).await;
+    let ids: Vec<String> = sink.delivered().iter().map(pl_id).collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert!(
+        !ids.contains(&waiting[0].0),
+        "a restart must not reset the relay's minute: {ids:?}"
     );
     let st = s.message(&key, &waiting[0].0).await;
     assert!(

@@ -283,8 +283,14 @@ impl Server {
 
     /// POST /api/v1/messages/send/ with the key; returns the status and the answer.
     pub async fn send(&self, key: &str, body: Value) -> (u16, Value) {
-        self.rest("POST", "/api/v1/messages/send/", Some(key), None, Some(body))
-            .await
+        self.rest(
+            "POST",
+            "/api/v1/messages/send/",
+            Some(key),
+            None,
+            Some(body),
+        )
+        .await
     }
 
     /// Sends a message that must be accepted (202); returns its id.
@@ -299,7 +305,13 @@ impl Server {
     /// GET /api/v1/messages/{id}/ that must succeed.
     pub async fn message(&self, key: &str, id: &str) -> Value {
         let (status, body) = self
-            .rest("GET", &format!("/api/v1/messages/{id}/"), Some(key), None, None)
+            .rest(
+                "GET",
+                &format!("/api/v1/messages/{id}/"),
+                Some(key),
+                None,
+                None,
+            )
             .await;
         assert_eq!(status, 200, "GET message {id}: {body}");
         body

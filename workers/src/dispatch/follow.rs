@@ -61,7 +61,12 @@ fn fact(rec: &RecordedEvent) -> Option<Fact> {
                 event,
             }),
             Err(e) => {
-                tracing::warn!(position = rec.position, error = %e, "skipping an undecodable mail-settings event");
+                // The code only: a serde message may quote payload values (addresses).
+                tracing::warn!(
+                    position = rec.position,
+                    error = e.code(),
+                    "skipping an undecodable mail-settings event"
+                );
                 None
             }
         };
@@ -79,7 +84,12 @@ fn fact(rec: &RecordedEvent) -> Option<Fact> {
     let event = match MessageEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(position = rec.position, message_id = %id, error = %e, "skipping an undecodable message event");
+            tracing::warn!(
+                position = rec.position,
+                message_id = %id,
+                error = e.code(),
+                "skipping an undecodable message event"
+            );
             return None;
         }
     };
@@ -118,7 +128,12 @@ pub(super) async fn follow(log: EventLog, tx: mpsc::Sender<Batch>) {
     drop(log);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match sub.next_batch(BATCH).await {
+        // Without the core there is no one to read for; leaving also drops the log handle.
+        let next = tokio::select! {
+            next = sub.next_batch(BATCH) => next,
+            () = tx.closed() => return,
+        };
+        match next {
             Ok(records) => {
                 backoff = Duration::from_millis(100);
                 let facts = records.iter().filter_map(fact).collect();
@@ -138,7 +153,11 @@ pub(super) async fn follow(log: EventLog, tx: mpsc::Sender<Batch>) {
                 // A storage error may pass (the next read retries from the same position);
                 // a corrupt record will not, but retrying slowly costs little and keeps
                 // the error visible.
-                tracing::error!(position = sub.position(), error = %e, "reading the event log failed; retrying");
+                tracing::error!(
+                    position = sub.position(),
+                    error = %e,
+                    "reading the event log failed; retrying"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }

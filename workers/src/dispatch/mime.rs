@@ -111,8 +111,32 @@ pub(super) fn build(m: &MessageQueued, blobs: &BlobStore) -> Result<Built, Strin
         m.message_id.to_string(),
     ));
 
-    let text = m.text.as_deref().filter(|t| !t.is_empty());
-    let html = m.html.as_deref().filter(|h| !h.is_empty());
+    // A body too big for the event was stored beside the log; the event names its digest.
+    let from_blob = |digest: &Option<String>, what: &str| -> Result<Option<String>, String> {
+        match digest {
+            None => Ok(None),
+            Some(d) => {
+                let bytes = blobs
+                    .get(d)
+                    .map_err(|e| format!("the {what} body is missing from the blob store: {e}"))?;
+                String::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| format!("the stored {what} body is not UTF-8"))
+            }
+        }
+    };
+    let text_stored = from_blob(&m.text_blob, "text")?;
+    let html_stored = from_blob(&m.html_blob, "HTML")?;
+    let text = m
+        .text
+        .as_deref()
+        .or(text_stored.as_deref())
+        .filter(|t| !t.is_empty());
+    let html = m
+        .html
+        .as_deref()
+        .or(html_stored.as_deref())
+        .filter(|h| !h.is_empty());
     // Inline parts only make sense next to HTML that references them; without HTML they
     // are sent as ordinary attachments rather than lost.
     let (inline, attached): (Vec<&AttachmentRef>, Vec<&AttachmentRef>) = m
@@ -194,6 +218,8 @@ mod tests {
             subject: "Hello".into(),
             html: Some("<p>Hi <img src=\"cid:logo\"></p>".into()),
             text: Some("Hi".into()),
+            html_blob: None,
+            text_blob: None,
             headers: [("X-Campaign".to_string(), "spring".to_string())].into(),
             tags: vec![],
             metadata: serde_json::Value::Null,

@@ -34,6 +34,7 @@ use domain::mail_settings::{self, MailSettings, MailSettingsEvent};
 use eventlog::{BlobStore, EventLog};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep_until, Instant};
 use uuid::Uuid;
 
 use crate::seal::MasterKey;
@@ -225,9 +226,9 @@ struct Core {
     concurrency: usize,
 }
 
-fn instant_of(at: DateTime<Utc>) -> tokio::time::Instant {
+fn instant_of(at: DateTime<Utc>) -> Instant {
     let wait = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + wait
+    Instant::now() + wait
 }
 
 impl Core {
@@ -268,7 +269,7 @@ impl Core {
                         self.stopping = true;
                     }
                 },
-                () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+                () = sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {}
             }
         }
         self.publish();
@@ -391,7 +392,11 @@ impl Core {
                 }
                 drop(rates);
                 if let (false, Some(at)) = (open_now, opens) {
-                    tracing::debug!(message_id = %key.1, until = %at, "every relay is at its rate limit; waiting");
+                    tracing::debug!(
+                        message_id = %key.1,
+                        until = %at,
+                        "every relay is at its rate limit; waiting"
+                    );
                     self.queue.hold(key, at);
                     continue;
                 }
@@ -414,13 +419,8 @@ impl Core {
             Err(e) => {
                 let id = e.id();
                 tracing::error!(error = %e, "a dispatch round panicked; retrying it later");
-                let retry = round::retry_delay(&self.ctx.config, 1);
-                (
-                    id,
-                    Done::Retry {
-                        until: Utc::now() + chrono::TimeDelta::from_std(retry).unwrap_or_default(),
-                    },
-                )
+                let until = round::after(round::retry_delay(&self.ctx.config, 1));
+                (id, Done::Retry { until })
             }
         };
         let Some(key) = self.round_keys.remove(&id) else {

@@ -218,7 +218,12 @@ async fn read_tail(
         match MessageEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
             Ok(e) => message::apply(state, &e),
             Err(e) => {
-                tracing::warn!(message_id = %key.1, position = rec.position, error = %e, "skipping an undecodable message event")
+                tracing::warn!(
+                    message_id = %key.1,
+                    position = rec.position,
+                    error = e.code(),
+                    "skipping an undecodable message event"
+                )
             }
         }
         *version = rec.version;
@@ -243,7 +248,7 @@ async fn load(log: &EventLog, job: &Job) -> Result<Option<Loaded>, String> {
     let message = match MessageEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
         Ok(MessageEvent::Queued(m)) => m,
         Ok(_) => return Err("the message stream does not start with MessageQueued".into()),
-        Err(e) => return Err(format!("MessageQueued could not be decoded: {e}")),
+        Err(e) => return Err(format!("MessageQueued could not be decoded ({})", e.code())),
     };
     let mut state = job.state.clone();
     let mut version = job.version;
@@ -268,7 +273,8 @@ fn first_delay(config: &DispatchConfig) -> Duration {
         .unwrap_or(DEFAULT_RETRY)
 }
 
-fn after(d: Duration) -> DateTime<Utc> {
+/// Now plus `d`, saturating instead of overflowing on an absurd configuration.
+pub(super) fn after(d: Duration) -> DateTime<Utc> {
     let now = Utc::now();
     TimeDelta::from_std(d)
         .ok()
@@ -413,7 +419,11 @@ async fn via_relays(ctx: &Ctx, job: &Job, message: &MessageQueued, built: &Built
     let mut unreachable = Vec::new();
     for relay in &job.relays {
         if let Err(until) = ctx.rates().reserve(tenant, relay, Utc::now()) {
-            tracing::debug!(message_id = %id, relay = %relay.name, "relay at its rate limit; skipped");
+            tracing::debug!(
+                message_id = %id,
+                relay = %relay.name,
+                "relay at its rate limit; skipped"
+            );
             limited_until = Some(limited_until.map_or(until, |u| u.min(until)));
             continue;
         }
@@ -539,7 +549,13 @@ async fn via_outbox(ctx: &Ctx, job: &Job, message: &MessageQueued, built: Built)
             format!("the file outbox could not be written: {e}"),
         ),
     };
-    tracing::info!(message_id = %id, relay = OUTBOX, round = job.round, outcome = outcome.as_str(), "delivery attempt");
+    tracing::info!(
+        message_id = %id,
+        relay = OUTBOX,
+        round = job.round,
+        outcome = outcome.as_str(),
+        "delivery attempt"
+    );
     let attempts = vec![DeliveryAttempted {
         attempt: job.round,
         relay_id: None,
@@ -589,7 +605,11 @@ async fn record(
         let events = match message::decide(&loaded.state, cmd) {
             Ok(events) => events,
             Err(e) => {
-                tracing::info!(message_id = %key.1, reason = %e, "round not recorded: the message is final already");
+                tracing::info!(
+                    message_id = %key.1,
+                    reason = %e,
+                    "round not recorded: the message is final already"
+                );
                 return None;
             }
         };
@@ -607,7 +627,11 @@ async fn record(
             Ok(outcome) => return Some(outcome.last_position),
             Err(eventlog::Error::WrongExpectedVersion { .. }) => {
                 if let Err(e) = read_tail(log, key, &mut loaded.state, &mut loaded.version).await {
-                    tracing::error!(message_id = %key.1, error = %e, "re-reading the message stream failed; round not recorded");
+                    tracing::error!(
+                        message_id = %key.1,
+                        error = %e,
+                        "re-reading the message stream failed; round not recorded"
+                    );
                     return None;
                 }
             }
@@ -631,7 +655,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
             return Done::Dropped;
         }
         Err(e) => {
-            tracing::error!(message_id = %id, error = %e, "reading the message back failed; will retry");
+            tracing::error!(
+                message_id = %id,
+                error = %e,
+                "reading the message back failed; will retry"
+            );
             return Done::Retry {
                 until: after(first_delay(&ctx.config)),
             };
@@ -644,7 +672,12 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
         .unwrap_or_else(|e| Err(format!("building the message panicked: {e}")));
     let tried = match built {
         Err(reason) => {
-            tracing::warn!(message_id = %id, tenant = %tenant, reason = %reason, "the message cannot be built; it fails");
+            tracing::warn!(
+                message_id = %id,
+                tenant = %tenant,
+                reason = %reason,
+                "the message cannot be built; it fails"
+            );
             Tried::Concluded {
                 attempts: Vec::new(),
                 result: DispatchResult::Failed(MessageFailed {
@@ -666,7 +699,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
             reserved,
         } => (attempts, result, reserved),
         Tried::RateLimited(until) => {
-            tracing::debug!(message_id = %id, until = %until, "every relay is at its rate limit; waiting");
+            tracing::debug!(
+                message_id = %id,
+                until = %until,
+                "every relay is at its rate limit; waiting"
+            );
             return Done::RateLimited { until };
         }
     };
@@ -729,7 +766,7 @@ mod tests {
     }
 
     #[test]
-    fn lettre_errors_are_classified_by_their_code() {
+    fn a_2xx_reply_is_sent_with_its_code_and_text() {
         use lettre::transport::smtp::response::{Category, Code, Detail, Severity};
         let ok = Response::new(
             Code::new(
@@ -743,5 +780,15 @@ mod tests {
             classify(Ok(ok)),
             (AttemptOutcome::Sent, Some(250), "OK queued".to_string())
         );
+        // A positive but not final reply never counts as sent.
+        let odd = Response::new(
+            Code::new(
+                Severity::PositiveIntermediate,
+                Category::MailSystem,
+                Detail::Four,
+            ),
+            vec!["go ahead".into()],
+        );
+        assert_eq!(classify(Ok(odd)).0, AttemptOutcome::Unreachable);
     }
 }

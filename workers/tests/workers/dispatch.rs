@@ -14,6 +14,7 @@ use eventlog::EventLog;
 use mail_parser::MimeHeaders;
 use uuid::Uuid;
 use workers::dispatch::{DispatchConfig, Dispatcher};
+use workers::seal::relay_password_context;
 
 use crate::support::*;
 
@@ -400,6 +401,9 @@ async fn a_restart_neither_resends_nor_forgets() {
     let sink = Sink::start();
     let tenant = tenant_with_sink(&t.log, &sink).await;
     let first = queue(&t.log, tenant, message("hank@example.test", "First")).await;
+    // Unrelated events between the message and its MessageSent, more than the dispatcher
+    // reads at once: on restart the MessageQueued arrives a batch before the MessageSent.
+    append_filler(&t.log, tenant, 600).await;
     let d = Dispatcher::start(t.log.clone(), config(&t, 200));
     wait_for_event(&t.log, tenant, first, MESSAGE_SENT, WAIT).await;
     d.stop().await;
@@ -642,4 +646,44 @@ async fn a_message_that_cannot_be_built_fails_permanently() {
     assert!(f.permanent);
     assert!(f.reason.contains("gone.pdf"), "{}", f.reason);
     assert!(sink.delivered().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_passwords_are_opened_only_in_their_own_context() {
+    const PASSWORD: &str = "relay-pass-7d1e0b";
+    let t = TestLog::open();
+    let sink = Sink::start();
+    let good = Uuid::now_v7();
+    let mut r = relay("with-auth", sink.port, 1);
+    r.username = Some("mailer".into());
+    r.password = Some(
+        master_key()
+            .seal(PASSWORD.as_bytes(), &relay_password_context(good, r.id))
+            .unwrap(),
+    );
+    put_relay(&t.log, good, r.clone()).await;
+    // The same sealed password copied to another tenant's relay must not open there.
+    let other = Uuid::now_v7();
+    let mut copied = relay("copied", sink.port, 1);
+    copied.username = r.username.clone();
+    copied.password = r.password.clone();
+    put_relay(&t.log, other, copied).await;
+
+    let ok = queue(&t.log, good, message("nia@example.test", "Authenticated")).await;
+    let refused = queue(&t.log, other, message("nia@example.test", "Wrong context")).await;
+    let d = Dispatcher::start(t.log.clone(), config(&t, 60_000));
+    wait_for_event(&t.log, good, ok, MESSAGE_SENT, WAIT).await;
+    let events = wait_for_event(&t.log, other, refused, MESSAGE_DEFERRED, WAIT).await;
+    d.stop().await;
+    let a = attempts(&events)[0];
+    assert_eq!(a.outcome, AttemptOutcome::Unreachable);
+    assert!(a.reply.contains("master key"), "{}", a.reply);
+    let ids: Vec<_> = sink.delivered().iter().map(|m| m.message_id()).collect();
+    assert_eq!(ids, [Some(ok)]);
+    // The clear password is nowhere in the log.
+    let all = t.log.read_all(0, usize::MAX).unwrap();
+    assert!(!all.is_empty());
+    assert!(all
+        .iter()
+        .all(|r| !String::from_utf8_lossy(&r.payload).contains(PASSWORD)));
 }

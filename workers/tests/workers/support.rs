@@ -169,6 +169,8 @@ pub fn message(to: &str, subject: &str) -> MessageQueued {
         subject: subject.into(),
         html: None,
         text: Some(format!("Body of {subject}")),
+        html_blob: None,
+        text_blob: None,
         headers: Default::default(),
         tags: Vec::new(),
         metadata: serde_json::Value::Null,
@@ -219,6 +221,27 @@ pub fn message_events(log: &EventLog, tenant: Uuid, id: Uuid) -> Vec<MessageEven
 
 pub fn event_types(events: &[MessageEvent]) -> Vec<&'static str> {
     events.iter().map(|e| e.event_type()).collect()
+}
+
+/// `n` events on a stream no worker follows, in one append.
+pub async fn append_filler(log: &EventLog, tenant: Uuid, n: usize) {
+    let events = (0..n)
+        .map(|i| NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: "Filler".into(),
+            schema_version: 1,
+            payload: format!("{{\"i\":{i}}}").into_bytes(),
+        })
+        .collect();
+    log.append(
+        tenant,
+        StreamId::new("test-filler", Uuid::now_v7().to_string()),
+        ExpectedVersion::NoStream,
+        events,
+        meta(),
+    )
+    .await
+    .expect("append filler");
 }
 
 /// Cancels the message (through `decide`).
