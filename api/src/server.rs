@@ -275,7 +275,15 @@ async fn graphql_post(
         principal,
         correlation_id: correlation,
     };
-    let response = schema.execute(request.data(ctx)).await;
+    let mut response = schema.execute(request.data(ctx)).await;
+    // Parse and validation errors come from async-graphql without our `code` extension;
+    // give every error one, so clients can always branch on `extensions.code`.
+    for err in &mut response.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", "GRAPHQL_VALIDATION_FAILED");
+        }
+    }
     Ok(HttpResponse::Ok()
         .insert_header(("x-correlation-id", correlation.to_string()))
         .json(response))

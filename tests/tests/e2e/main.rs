@@ -8,3 +8,4 @@ mod schema;
 mod send;
 mod sink;
 mod support;
+mod surfaces;
