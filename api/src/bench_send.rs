@@ -252,7 +252,7 @@ pub fn send(c1: usize, c64: usize, sink: &str) -> anyhow::Result<Value> {
         .await?;
 
         // Everything is due at T: after the accept phases, estimated generously.
-        let expected_s = c1 as f64 * 0.003 + c64 as f64 / 5_000.0 + 3.0;
+        let expected_s = c1 as f64 * 0.006 + c64 as f64 / 2_000.0 + 5.0;
         let due = Utc::now() + chrono::Duration::milliseconds((expected_s * 1000.0) as i64);
         let body = move |i: usize| {
             json!({
