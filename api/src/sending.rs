@@ -6,21 +6,20 @@
 //! the dispatcher follows the log, not the read models. Reads of a message that the read
 //! model has not caught up with wait briefly for it.
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use domain::delivery_report::DELIVERY_REPORT_STREAM;
 use domain::mail_settings::{
-    self as settings, DeliveryCallback, MailSettings, MailSettingsCommand, MailSettingsEvent,
-    Relay, SenderProfile, TlsMode, MAIL_SETTINGS_STREAM,
+    self as settings, DeliveryCallback, MailSettings, MailSettingsCommand, Relay, SenderProfile,
+    TlsMode, MAIL_SETTINGS_STREAM,
 };
 use domain::message::{
     self, AttachmentRef, Category, Mailbox, MessageCommand, MessageEvent, MessageQueued,
     MessageState, Priority, MESSAGE_STREAM,
 };
 use domain::{DomainError, DomainEvent, FieldError};
-use eventlog::{ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId};
+use eventlog::{ExpectedVersion, RecordedEvent, StreamId};
 use projections::mail_settings::{CallbackView, RelayView, SenderView};
 use projections::messages::{MessageFilter, MessagePage, MessageView};
 use serde::{Deserialize, Serialize};
@@ -29,37 +28,9 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::error::{ApiError, Result};
-use crate::service::Ctx;
+use crate::service::{blocking, execute_on, metadata, new_events, Ctx, READ_YOUR_WRITES};
 
-const READ_YOUR_WRITES: Duration = Duration::from_secs(10);
-const CONFLICT_RETRIES: usize = 5;
 pub const MAX_BATCH: usize = 500;
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-}
-
-fn new_events<E: DomainEvent>(events: &[E]) -> Vec<NewEvent> {
-    events
-        .iter()
-        .map(|e| NewEvent {
-            event_id: Uuid::now_v7(),
-            event_type: e.event_type().to_string(),
-            schema_version: e.schema_version(),
-            payload: e.encode(),
-        })
-        .collect()
-}
-
-fn meta(ctx: &Ctx) -> Metadata {
-    Metadata {
-        actor: ctx.principal.actor(),
-        correlation_id: ctx.correlation_id,
-        causation_id: None,
-    }
-}
 
 /// The tenant the call acts on, which must exist; sending also needs it active.
 fn tenant_of(app: &App, ctx: &Ctx, requested: Option<Uuid>, sending: bool) -> Result<Uuid> {
@@ -96,66 +67,24 @@ fn settings_stream(tenant: Uuid) -> StreamId {
     StreamId::new(MAIL_SETTINGS_STREAM, tenant.to_string())
 }
 
-async fn load_settings(app: &App, tenant: Uuid) -> Result<(MailSettings, u64)> {
-    let log = app.log.clone();
-    blocking(move || {
-        let mut state = MailSettings::default();
-        let mut version = 0;
-        for e in log.read_stream(tenant, &settings_stream(tenant), 1, usize::MAX)? {
-            let ev = MailSettingsEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
-            settings::apply(&mut state, &ev);
-            version = e.version;
-        }
-        Ok((state, version))
-    })
-    .await
-}
-
-/// Loads the settings, builds the command from them, decides, appends; retried when another
-/// writer got in between. Returns the state after the change.
+/// Runs a mail-settings command built from the current settings.
 async fn change_settings(
     app: &App,
     ctx: &Ctx,
     tenant: Uuid,
     make: impl Fn(&MailSettings) -> Result<MailSettingsCommand>,
-) -> Result<MailSettings> {
-    for _ in 0..CONFLICT_RETRIES {
-        let (mut state, version) = load_settings(app, tenant).await?;
-        let events = settings::decide(&state, make(&state)?)?;
-        let expected = if version == 0 {
-            ExpectedVersion::NoStream
-        } else {
-            ExpectedVersion::Exact(version)
-        };
-        match app
-            .log
-            .append(
-                tenant,
-                settings_stream(tenant),
-                expected,
-                new_events(&events),
-                meta(ctx),
-            )
-            .await
-        {
-            Ok(outcome) => {
-                app.projections
-                    .wait_for(outcome.last_position, READ_YOUR_WRITES)
-                    .await;
-                for e in &events {
-                    settings::apply(&mut state, e);
-                }
-                return Ok(state);
-            }
-            Err(eventlog::Error::WrongExpectedVersion { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        409,
-        "CONFLICT",
-        "the settings changed concurrently; try again",
-    ))
+) -> Result<()> {
+    execute_on(
+        app,
+        ctx,
+        tenant,
+        settings_stream(tenant),
+        settings::apply,
+        "the settings",
+        |state: &MailSettings| Ok(settings::decide(state, make(state)?)?),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Fields of a sender profile; on update, absent fields keep their value and an empty
@@ -837,7 +766,7 @@ pub async fn send(
             stream.clone(),
             ExpectedVersion::NoStream,
             new,
-            meta(ctx),
+            metadata(ctx),
         )
         .await
     {
@@ -1072,54 +1001,26 @@ pub async fn cancel_message(
     reason: Option<String>,
 ) -> Result<MessageView> {
     let tenant = tenant_of(app, ctx, requested, false)?;
-    let stream = StreamId::new(MESSAGE_STREAM, id.to_string());
-    for _ in 0..CONFLICT_RETRIES {
-        let log = app.log.clone();
-        let s = stream.clone();
-        let (state, version) = blocking(move || {
-            let mut state = MessageState::default();
-            let mut version = 0;
-            for e in log.read_stream(tenant, &s, 1, usize::MAX)? {
-                let ev = MessageEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
-                message::apply(&mut state, &ev);
-                version = e.version;
-            }
-            Ok((state, version))
-        })
-        .await?;
-        let events = message::decide(
-            &state,
-            MessageCommand::Cancel {
-                reason: reason.clone(),
-                now: Utc::now(),
-            },
-        )?;
-        match app
-            .log
-            .append(
-                tenant,
-                stream.clone(),
-                ExpectedVersion::Exact(version),
-                new_events(&events),
-                meta(ctx),
-            )
-            .await
-        {
-            Ok(outcome) => {
-                app.projections
-                    .wait_for(outcome.last_position, READ_YOUR_WRITES)
-                    .await;
-                return get_message(app, ctx, requested, id).await;
-            }
-            Err(eventlog::Error::WrongExpectedVersion { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        409,
-        "CONFLICT",
-        "the message changed concurrently; try again",
-    ))
+    let now = Utc::now();
+    execute_on(
+        app,
+        ctx,
+        tenant,
+        StreamId::new(MESSAGE_STREAM, id.to_string()),
+        message::apply,
+        "the message",
+        |state: &MessageState| {
+            Ok(message::decide(
+                state,
+                MessageCommand::Cancel {
+                    reason: reason.clone(),
+                    now,
+                },
+            )?)
+        },
+    )
+    .await?;
+    get_message(app, ctx, requested, id).await
 }
 
 fn time_us(us: i64) -> Value {

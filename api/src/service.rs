@@ -17,9 +17,9 @@ use crate::error::{ApiError, Result};
 use crate::secrets;
 
 /// How long a write waits for the read models before answering anyway.
-const READ_YOUR_WRITES: Duration = Duration::from_secs(10);
+pub(crate) const READ_YOUR_WRITES: Duration = Duration::from_secs(10);
 /// Retries of a command whose stream changed between load and append.
-const CONFLICT_RETRIES: usize = 3;
+const CONFLICT_RETRIES: usize = 5;
 
 /// Who asks, and the request they ask within.
 #[derive(Clone, Debug)]
@@ -32,22 +32,50 @@ fn tenant_stream(tenant: Uuid) -> StreamId {
     StreamId::new(TENANT_STREAM, tenant.to_string())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
-/// Folds the tenant's stream into its state; returns the state and the stream version.
-async fn load_tenant(app: &App, tenant: Uuid) -> Result<(TenantState, u64)> {
+/// New events for an append: each gets a fresh id, its stable type and current version.
+pub(crate) fn new_events<E: DomainEvent>(events: &[E]) -> Vec<NewEvent> {
+    events
+        .iter()
+        .map(|e| NewEvent::new(e.event_type(), e.schema_version(), e.encode()))
+        .collect()
+}
+
+/// The envelope fields of everything `ctx` appends.
+pub(crate) fn metadata(ctx: &Ctx) -> Metadata {
+    Metadata {
+        actor: ctx.principal.actor(),
+        correlation_id: ctx.correlation_id,
+        causation_id: None,
+    }
+}
+
+/// Folds `stream` into its state with `apply`; returns the state and the stream version.
+async fn load<S, E>(
+    app: &App,
+    tenant: Uuid,
+    stream: &StreamId,
+    apply: fn(&mut S, &E),
+) -> Result<(S, u64)>
+where
+    S: Default + Send + 'static,
+    E: DomainEvent + 'static,
+{
     let log = app.log.clone();
+    let stream = stream.clone();
     blocking(move || {
-        let events = log.read_stream(tenant, &tenant_stream(tenant), 1, usize::MAX)?;
-        let mut state = TenantState::default();
+        let mut state = S::default();
         let mut version = 0;
-        for e in &events {
-            let ev = TenantEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
-            domain::apply(&mut state, &ev);
+        for e in log.read_stream(tenant, &stream, 1, usize::MAX)? {
+            let ev = E::decode(&e.event_type, e.schema_version, &e.payload)?;
+            apply(&mut state, &ev);
             version = e.version;
         }
         Ok((state, version))
@@ -55,39 +83,40 @@ async fn load_tenant(app: &App, tenant: Uuid) -> Result<(TenantState, u64)> {
     .await
 }
 
-/// Decides `make_cmd()` against the current state and appends the outcome; retried when
-/// another writer got in between.
-async fn execute(
+/// The command cycle every write goes through: load the aggregate from its stream, decide
+/// against that state, append with the version it was loaded at, and wait for the read
+/// models. Retried when another writer got in between; `noun` names the aggregate in the
+/// conflict error ("the tenant").
+pub(crate) async fn execute_on<S, E>(
     app: &App,
     ctx: &Ctx,
     tenant: Uuid,
-    make_cmd: impl Fn() -> TenantCommand,
-) -> Result<Vec<TenantEvent>> {
+    stream: StreamId,
+    apply: fn(&mut S, &E),
+    noun: &str,
+    decide: impl Fn(&S) -> Result<Vec<E>>,
+) -> Result<Vec<E>>
+where
+    S: Default + Send + 'static,
+    E: DomainEvent + 'static,
+{
     for _ in 0..CONFLICT_RETRIES {
-        let (state, version) = load_tenant(app, tenant).await?;
-        let events = domain::decide(&state, make_cmd())?;
-        let new: Vec<NewEvent> = events
-            .iter()
-            .map(|e| NewEvent {
-                event_id: Uuid::now_v7(),
-                event_type: e.event_type().to_string(),
-                schema_version: e.schema_version(),
-                payload: e.encode(),
-            })
-            .collect();
+        let (state, version) = load(app, tenant, &stream, apply).await?;
+        let events = decide(&state)?;
         let expected = if version == 0 {
             ExpectedVersion::NoStream
         } else {
             ExpectedVersion::Exact(version)
         };
-        let meta = Metadata {
-            actor: ctx.principal.actor(),
-            correlation_id: ctx.correlation_id,
-            causation_id: None,
-        };
         match app
             .log
-            .append(tenant, tenant_stream(tenant), expected, new, meta)
+            .append(
+                tenant,
+                stream.clone(),
+                expected,
+                new_events(&events),
+                metadata(ctx),
+            )
             .await
         {
             Ok(outcome) => {
@@ -110,8 +139,27 @@ async fn execute(
     Err(ApiError::new(
         409,
         "CONFLICT",
-        "the tenant changed concurrently; try again",
+        format!("{noun} changed concurrently; try again"),
     ))
+}
+
+/// [`execute_on`] for the tenant aggregate.
+async fn execute(
+    app: &App,
+    ctx: &Ctx,
+    tenant: Uuid,
+    make_cmd: impl Fn() -> TenantCommand,
+) -> Result<Vec<TenantEvent>> {
+    execute_on(
+        app,
+        ctx,
+        tenant,
+        tenant_stream(tenant),
+        domain::apply,
+        "the tenant",
+        |state: &TenantState| Ok(domain::decide(state, make_cmd())?),
+    )
+    .await
 }
 
 fn tenant_view(app: &App, tenant: Uuid) -> Result<TenantView> {

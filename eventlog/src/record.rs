@@ -122,6 +122,19 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
 }
 
+impl NewEvent {
+    /// An event with a fresh UUID v7 id: what every writer wants unless it is replaying an
+    /// append under its original ids.
+    pub fn new(event_type: impl Into<String>, schema_version: u16, payload: Vec<u8>) -> Self {
+        NewEvent {
+            event_id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            schema_version,
+            payload,
+        }
+    }
+}
+
 /// Envelope fields shared by every event of one append.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Metadata {

@@ -191,12 +191,7 @@ fn stream_of(id: Uuid) -> StreamId {
 }
 
 fn new_event(e: &MessageEvent) -> NewEvent {
-    NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: e.event_type().to_string(),
-        schema_version: e.schema_version(),
-        payload: e.encode(),
-    }
+    NewEvent::new(e.event_type(), e.schema_version(), e.encode())
 }
 
 /// Reads the events after `version` and folds them into `state`.

@@ -86,12 +86,7 @@ pub(super) async fn attempt(ctx: Arc<Context>, job: Job) -> CallbackAttempted {
 
 async fn record(log: &EventLog, job: &Job, attempt: &CallbackAttempted) {
     let event = DeliveryReportEvent::CallbackAttempted(attempt.clone());
-    let new = NewEvent {
-        event_id: Uuid::now_v7(),
-        event_type: event.event_type().to_string(),
-        schema_version: event.schema_version(),
-        payload: event.encode(),
-    };
+    let new = NewEvent::new(event.event_type(), event.schema_version(), event.encode());
     let meta = Metadata {
         actor: Actor::System(ACTOR.to_string()),
         correlation_id: job.correlation_id,
