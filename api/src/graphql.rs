@@ -35,21 +35,21 @@ pub fn schema(app: Option<App>) -> AppSchema {
     b.finish()
 }
 
-type GqlResult<T> = async_graphql::Result<T>;
+pub(crate) type GqlResult<T> = async_graphql::Result<T>;
 
-fn parts<'a>(ctx: &'a Context<'_>) -> GqlResult<(&'a App, &'a Ctx)> {
+pub(crate) fn parts<'a>(ctx: &'a Context<'_>) -> GqlResult<(&'a App, &'a Ctx)> {
     Ok((ctx.data::<App>()?, ctx.data::<Ctx>()?))
 }
 
-fn parse_id(field: &str, id: &ID) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(field: &str, id: &ID) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id.as_str()).map_err(|_| ApiError::invalid(field, "not a valid id"))
 }
 
-fn opt_id(field: &str, id: Option<ID>) -> Result<Option<Uuid>, ApiError> {
+pub(crate) fn opt_id(field: &str, id: Option<ID>) -> Result<Option<Uuid>, ApiError> {
     id.as_ref().map(|i| parse_id(field, i)).transpose()
 }
 
-fn time(us: i64) -> DateTime<Utc> {
+pub(crate) fn time(us: i64) -> DateTime<Utc> {
     Utc.timestamp_micros(us).single().unwrap_or_default()
 }
 

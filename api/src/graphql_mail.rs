@@ -5,39 +5,22 @@ use std::collections::BTreeMap;
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, InputObject, Json, Object, SimpleObject, ID};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use projections::mail_settings::{CallbackView, RelayView, SenderView};
 use projections::messages::{MessageFilter as ViewFilter, MessageView};
 use serde_json::Value;
-use uuid::Uuid;
 
-use crate::app::App;
 use crate::error::ApiError;
+use crate::graphql::{opt_id, parse_id, parts, time, GqlResult};
 use crate::sending::{
     self, AddressInput as RestAddress, AddressList, AttachmentInput as RestAttachment,
     RelayInput as RestRelayInput, SendRequest, SenderInput as RestSenderInput, TimelineEntry,
 };
-use crate::service::Ctx;
 
-type GqlResult<T> = async_graphql::Result<T>;
-
-fn parts<'a>(ctx: &'a Context<'_>) -> GqlResult<(&'a App, &'a Ctx)> {
-    Ok((ctx.data::<App>()?, ctx.data::<Ctx>()?))
-}
-
-fn parse_id(field: &str, id: &ID) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id.as_str()).map_err(|_| ApiError::invalid(field, "not a valid id"))
-}
-
-fn opt_id(field: &str, id: Option<ID>) -> Result<Option<Uuid>, ApiError> {
-    id.as_ref().map(|i| parse_id(field, i)).transpose()
-}
-
-fn time(us: i64) -> DateTime<Utc> {
-    Utc.timestamp_micros(us).single().unwrap_or_default()
-}
-
+// Domain enums as GraphQL enums; read models keep their snake_case names, which the
+// domain parses.
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "domain::message::Category")]
 pub enum Category {
     Transactional,
     Marketing,
@@ -45,22 +28,18 @@ pub enum Category {
 
 impl Category {
     fn from_str(s: &str) -> Category {
-        if s == "marketing" {
-            Category::Marketing
-        } else {
-            Category::Transactional
-        }
+        domain::message::Category::parse(s)
+            .unwrap_or(domain::message::Category::Transactional)
+            .into()
     }
 
     fn as_str(self) -> &'static str {
-        match self {
-            Category::Transactional => "transactional",
-            Category::Marketing => "marketing",
-        }
+        domain::message::Category::from(self).as_str()
     }
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "domain::mail_settings::TlsMode")]
 pub enum TlsMode {
     /// Plain SMTP.
     None,
@@ -71,24 +50,19 @@ pub enum TlsMode {
 }
 
 impl TlsMode {
-    fn as_str(self) -> &'static str {
-        match self {
-            TlsMode::None => "none",
-            TlsMode::Starttls => "starttls",
-            TlsMode::Tls => "tls",
-        }
+    fn from_str(s: &str) -> TlsMode {
+        domain::mail_settings::TlsMode::parse(s)
+            .unwrap_or(domain::mail_settings::TlsMode::Starttls)
+            .into()
     }
 
-    fn from_str(s: &str) -> TlsMode {
-        match s {
-            "none" => TlsMode::None,
-            "tls" => TlsMode::Tls,
-            _ => TlsMode::Starttls,
-        }
+    fn as_str(self) -> &'static str {
+        domain::mail_settings::TlsMode::from(self).as_str()
     }
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "domain::message::Priority")]
 pub enum Priority {
     Immediate,
     High,
@@ -97,26 +71,19 @@ pub enum Priority {
 }
 
 impl Priority {
-    fn as_str(self) -> &'static str {
-        match self {
-            Priority::Immediate => "immediate",
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
+    fn from_str(s: &str) -> Priority {
+        domain::message::Priority::parse(s)
+            .unwrap_or(domain::message::Priority::Normal)
+            .into()
     }
 
-    fn from_str(s: &str) -> Priority {
-        match s {
-            "immediate" => Priority::Immediate,
-            "high" => Priority::High,
-            "low" => Priority::Low,
-            _ => Priority::Normal,
-        }
+    fn as_str(self) -> &'static str {
+        domain::message::Priority::from(self).as_str()
     }
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "domain::message::MessageStatus")]
 pub enum MessageStatus {
     Queued,
     Deferred,
@@ -126,24 +93,14 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            MessageStatus::Queued => "queued",
-            MessageStatus::Deferred => "deferred",
-            MessageStatus::Sent => "sent",
-            MessageStatus::Failed => "failed",
-            MessageStatus::Cancelled => "cancelled",
-        }
+    fn from_str(s: &str) -> MessageStatus {
+        domain::message::MessageStatus::parse(s)
+            .unwrap_or(domain::message::MessageStatus::Queued)
+            .into()
     }
 
-    fn from_str(s: &str) -> MessageStatus {
-        match s {
-            "deferred" => MessageStatus::Deferred,
-            "sent" => MessageStatus::Sent,
-            "failed" => MessageStatus::Failed,
-            "cancelled" => MessageStatus::Cancelled,
-            _ => MessageStatus::Queued,
-        }
+    fn as_str(self) -> &'static str {
+        domain::message::MessageStatus::from(self).as_str()
     }
 }
 
