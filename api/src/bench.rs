@@ -28,14 +28,15 @@ fn event(i: usize) -> NewEvent {
     }
 }
 
-fn per_s(n: usize, d: Duration) -> f64 {
+pub(crate) fn per_s(n: usize, d: Duration) -> f64 {
     // Counts far below 2^53: no precision is lost.
     #[allow(clippy::cast_precision_loss)]
     let n = n as f64;
     n / d.as_secs_f64().max(1e-9)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p` quantile of sorted durations, in milliseconds.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -15,6 +15,8 @@ use anyhow::{bail, Context};
 use chrono::Utc;
 use serde_json::{json, Value};
 
+use crate::bench::{per_s, percentile};
+
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -22,25 +24,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn per_s(n: usize, d: Duration) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    let n = n as f64;
-    n / d.as_secs_f64().max(1e-9)
-}
-
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    #[allow(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
-    )]
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
 /// utime + stime of a process, in milliseconds.
@@ -334,8 +317,8 @@ pub fn send(c1: usize, c64: usize, sink: &str) -> anyhow::Result<Value> {
         let cpu_per_message = cpu_total / total as f64;
         Ok(json!({
             "accepted_per_s_c64": per_s(c64, c64_elapsed),
-            "accept_p50_ms_c1": percentile_ms(&lat, 0.50),
-            "accept_p99_ms_c1": percentile_ms(&lat, 0.99),
+            "accept_p50_ms_c1": percentile(&lat, 0.50),
+            "accept_p99_ms_c1": percentile(&lat, 0.99),
             "delivered_per_s": per_s(total, delivered_elapsed),
             "cpu_ms_per_message": cpu_per_message,
             "peak_rss_mb": peak_rss_mb(pid)?,
