@@ -78,6 +78,21 @@ pub(crate) fn to_json<T: Serialize>(payload: &T) -> Vec<u8> {
     serde_json::to_vec(payload).unwrap_or_default()
 }
 
+/// The check every aggregate whose events are all at schema version 1 makes before decoding:
+/// the type must be one of `known`, and the version must be 1.
+pub(crate) fn require_v1(event_type: &str, schema_version: u16, known: &[&str]) -> Result<()> {
+    if !known.contains(&event_type) {
+        return Err(unknown_type(event_type));
+    }
+    if schema_version != 1 {
+        return Err(DomainError::UnsupportedSchemaVersion {
+            event_type: event_type.to_string(),
+            version: schema_version,
+        });
+    }
+    Ok(())
+}
+
 pub(crate) fn unknown_type(event_type: &str) -> DomainError {
     DomainError::UnknownEventType {
         event_type: event_type.to_string(),

@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::codec::{from_json, to_json, unknown_type, DomainEvent};
-use crate::error::{DomainError, Result};
+use crate::codec::{from_json, require_v1, to_json, DomainEvent};
+use crate::error::Result;
 
 pub const DELIVERY_REPORT_STREAM: &str = "delivery-report";
 pub const CALLBACK_ATTEMPTED: &str = "CallbackAttempted";
@@ -55,15 +55,7 @@ impl DomainEvent for DeliveryReportEvent {
     }
 
     fn decode(event_type: &str, schema_version: u16, payload: &[u8]) -> Result<Self> {
-        if event_type != CALLBACK_ATTEMPTED {
-            return Err(unknown_type(event_type));
-        }
-        if schema_version != 1 {
-            return Err(DomainError::UnsupportedSchemaVersion {
-                event_type: event_type.to_string(),
-                version: schema_version,
-            });
-        }
+        require_v1(event_type, schema_version, &[CALLBACK_ATTEMPTED])?;
         Ok(DeliveryReportEvent::CallbackAttempted(from_json(
             event_type, payload,
         )?))

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::codec::{from_json, to_json, unknown_type, DomainEvent};
+use crate::codec::{from_json, require_v1, to_json, unknown_type, DomainEvent};
 use crate::error::{DomainError, FieldError, Result};
 use crate::message::{valid_email, Category};
 
@@ -381,15 +381,7 @@ impl DomainEvent for MailSettingsEvent {
     }
 
     fn decode(event_type: &str, schema_version: u16, payload: &[u8]) -> Result<Self> {
-        if !mail_settings_event_types().contains(&event_type) {
-            return Err(unknown_type(event_type));
-        }
-        if schema_version != 1 {
-            return Err(DomainError::UnsupportedSchemaVersion {
-                event_type: event_type.to_string(),
-                version: schema_version,
-            });
-        }
+        require_v1(event_type, schema_version, mail_settings_event_types())?;
         let t = event_type;
         Ok(match event_type {
             SENDER_ADDED => MailSettingsEvent::SenderAdded(from_json(t, payload)?),

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::codec::{from_json, to_json, unknown_type, DomainEvent};
+use crate::codec::{from_json, require_v1, to_json, unknown_type, DomainEvent};
 use crate::error::{DomainError, FieldError, Result};
 
 /// Stream type name of the message aggregate.
@@ -653,15 +653,7 @@ impl DomainEvent for MessageEvent {
     }
 
     fn decode(event_type: &str, schema_version: u16, payload: &[u8]) -> Result<Self> {
-        if !message_event_types().contains(&event_type) {
-            return Err(unknown_type(event_type));
-        }
-        if schema_version != 1 {
-            return Err(DomainError::UnsupportedSchemaVersion {
-                event_type: event_type.to_string(),
-                version: schema_version,
-            });
-        }
+        require_v1(event_type, schema_version, message_event_types())?;
         let t = event_type;
         Ok(match event_type {
             MESSAGE_QUEUED => MessageEvent::Queued(Box::new(from_json(t, payload)?)),
