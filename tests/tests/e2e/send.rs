@@ -11,7 +11,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::sink::{dead_port, Delivered, Sink};
-use crate::support::{setup_tenant, wait_delivered, wait_status, Server, SENDER};
+use crate::support::{setup_tenant, wait_status, Server, SENDER};
 
 /// Short schedules so that retries and callbacks happen within a test.
 const CONFIG: &str = "retry_schedule_ms = [300]\n\
@@ -160,7 +160,7 @@ async fn a_sent_message_arrives_with_every_header_body_and_attachment_intact() {
     uuid::Uuid::parse_str(&id).expect("the id is a UUID");
 
     let m = wait_status(&s, &key, &id, "sent", SLOW).await;
-    let got = wait_delivered(&sink, 1, SLOW).await;
+    let got = sink.arrived(1, SLOW).await;
     assert_eq!(got.len(), 1, "exactly one message reaches the relay");
     let d = &got[0];
 
@@ -341,7 +341,7 @@ async fn a_451_is_retried_per_the_schedule_and_then_sent() {
         t(&second["at"]) >= t(&deferred["next_attempt_at"]),
         "the retry came before next_attempt_at"
     );
-    let got = wait_delivered(&sink, 1, SLOW).await;
+    let got = sink.arrived(1, SLOW).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpt_tos, [to]);
     assert_eq!(pl_id(&got[0]), id);
@@ -416,7 +416,7 @@ async fn an_unreachable_relay_fails_over_to_the_next_by_priority() {
         "failover happens within the round: {second}"
     );
     assert_eq!(events[3]["data"]["relay"], "backup");
-    let got = wait_delivered(&sink, 1, SLOW).await;
+    let got = sink.arrived(1, SLOW).await;
     assert_eq!(got.len(), 1);
     assert_eq!(pl_id(&got[0]), id);
     s.stop();
@@ -457,7 +457,7 @@ async fn a_scheduled_message_waits_for_its_time_and_a_past_time_is_refused() {
     let m = wait_status(&s, &key, &id, "sent", SLOW).await;
     let sent = chrono::DateTime::parse_from_rfc3339(m["sent_at"].as_str().unwrap()).unwrap();
     assert!(sent >= at, "sent at {sent}, scheduled for {at}");
-    let got = wait_delivered(&sink, 1, SLOW).await;
+    let got = sink.arrived(1, SLOW).await;
     assert_eq!(pl_id(&got[0]), id);
     let events = s.timeline(&key, &id).await;
     let attempt = chrono::DateTime::parse_from_rfc3339(
@@ -511,7 +511,7 @@ async fn due_messages_leave_by_priority_then_age() {
     expected.sort_by_key(|(_, p)| rank(p));
     let expected: Vec<&str> = expected.iter().map(|(id, _)| id.as_str()).collect();
 
-    let got = wait_delivered(&sink, queued.len(), SLOW).await;
+    let got = sink.arrived(queued.len(), SLOW).await;
     let order: Vec<String> = got.iter().map(pl_id).collect();
     let subjects: Vec<String> = got
         .iter()
@@ -740,7 +740,7 @@ async fn refused_sends_say_why_in_one_format_and_queue_nothing() {
         .send_ok(&key, simple("ada@example.test", "Welcome back"))
         .await;
     wait_status(&s, &key, &id, "sent", SLOW).await;
-    let got = wait_delivered(&sink, 1, SLOW).await;
+    let got = sink.arrived(1, SLOW).await;
     let ids: Vec<String> = got.iter().map(pl_id).collect();
     assert_eq!(ids, [id], "only the accepted message went out");
     s.stop();
@@ -776,7 +776,7 @@ async fn a_large_body_under_max_body_mb_is_queued_and_delivered() {
     for id in &sent {
         wait_status(&s, &key, id, "sent", SLOW).await;
     }
-    let got = wait_delivered(&sink, 2, SLOW).await;
+    let got = sink.arrived(2, SLOW).await;
     for d in &got {
         let parsed = MessageParser::default().parse(&d.raw).expect("parses");
         match parsed.subject() {
@@ -840,7 +840,7 @@ async fn a_batch_answers_each_message_on_its_own() {
     for id in &ids {
         wait_status(&s, &key, id, "sent", SLOW).await;
     }
-    let got = wait_delivered(&sink, 2, SLOW).await;
+    let got = sink.arrived(2, SLOW).await;
     let mut subjects: Vec<String> = got
         .iter()
         .map(|d| d.header("Subject").unwrap_or_default())
@@ -1222,7 +1222,7 @@ async fn a_relay_password_is_never_shown_stored_or_logged_in_clear() {
     wait_status(&s, &key, &sent, "sent", SLOW).await;
     wait_status(&s, &key, &deferred, "sent", SLOW).await;
     wait_status(&s, &key, &rejected, "failed", SLOW).await;
-    assert_eq!(wait_delivered(&sink, 2, SLOW).await.len(), 2);
+    assert_eq!(sink.arrived(2, SLOW).await.len(), 2);
     s.stop();
 
     // Nothing in the data folder holds the password: not the log, not a read model.
@@ -1538,7 +1538,7 @@ async fn a_relay_rate_limit_holds_across_a_restart() {
                 .await,
         );
     }
-    wait_delivered(&sink, 2, SLOW).await;
+    sink.arrived(2, SLOW).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         sink.delivered().len(),

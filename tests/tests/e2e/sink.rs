@@ -1,5 +1,7 @@
-//! A real SMTP server for the end-to-end tests: `tests/smtp_sink.py` (aiosmtpd) as a child
-//! process, with every message it accepts stored as a pair of files in a temporary directory.
+//! A real SMTP server for the tests: `tests/smtp_sink.py` (aiosmtpd) as a child process,
+//! with every message it accepts stored as a pair of files in a temporary directory.
+//! Shared by two test binaries: the end-to-end tests here, and the workers' tests, which
+//! include this file by path.
 //!
 //! The recipient's local part chooses the answer to RCPT: `tempfail<N>…` gets 451 for its
 //! first N RCPTs (N=1 without digits), `reject…` gets 550, anything else 250.
@@ -12,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/smtp_sink.py");
+// Relative to the including crate's folder, so that both `tests/` and `workers/` find it.
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/smtp_sink.py");
 /// The sink's stderr goes here (inside `dir`; a dot file, so never taken for a message).
 const STDERR_LOG: &str = ".sink-stderr.log";
 
@@ -29,6 +32,8 @@ pub struct Sink {
 pub struct Delivered {
     pub mail_from: String,
     pub rcpt_tos: Vec<String>,
+    /// Unix seconds, by the sink's clock (the same machine's).
+    pub received_at: f64,
     /// The message bytes exactly as received after DATA.
     pub raw: Vec<u8>,
 }
@@ -131,6 +136,7 @@ impl Sink {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    received_at: meta["received_at"].as_f64().unwrap_or_default(),
                     raw,
                 }
             })
@@ -141,32 +147,52 @@ impl Sink {
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Delivered> {
         let deadline = Instant::now() + timeout;
         loop {
-            let got = self.delivered();
-            if got.len() >= n {
+            if let Some(got) = self.at_least(n, deadline, timeout) {
                 return got;
-            }
-            if Instant::now() >= deadline {
-                let summary: Vec<String> = got
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "from {:?} to {:?}, subject {:?}",
-                            d.mail_from,
-                            d.rcpt_tos,
-                            d.header("Subject")
-                        )
-                    })
-                    .collect();
-                panic!(
-                    "the SMTP sink at {} got {} message(s) within {timeout:?}, expected at least \
-                     {n}: {summary:#?}\nthe sink's stderr:\n{}",
-                    self.addr(),
-                    got.len(),
-                    stderr_log(self.dir.path())
-                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// [`Sink::wait_for`] for async tests: polls every 20 ms without blocking the runtime.
+    pub async fn arrived(&self, n: usize, timeout: Duration) -> Vec<Delivered> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(got) = self.at_least(n, deadline, timeout) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The messages when there are at least `n`; `None` to keep waiting; past `deadline`, a
+    /// panic that lists what did arrive.
+    fn at_least(&self, n: usize, deadline: Instant, timeout: Duration) -> Option<Vec<Delivered>> {
+        let got = self.delivered();
+        if got.len() >= n {
+            return Some(got);
+        }
+        if Instant::now() < deadline {
+            return None;
+        }
+        let summary: Vec<String> = got
+            .iter()
+            .map(|d| {
+                format!(
+                    "from {:?} to {:?}, subject {:?}",
+                    d.mail_from,
+                    d.rcpt_tos,
+                    d.header("Subject")
+                )
+            })
+            .collect();
+        panic!(
+            "the SMTP sink at {} got {} message(s) within {timeout:?}, expected at least \
+             {n}: {summary:#?}\nthe sink's stderr:\n{}",
+            self.addr(),
+            got.len(),
+            stderr_log(self.dir.path())
+        );
     }
 }
 
@@ -209,6 +235,28 @@ impl Delivered {
                 .eq_ignore_ascii_case(name)
                 .then(|| value.trim().to_string())
         })
+    }
+}
+
+impl Delivered {
+    pub fn parsed(&self) -> mail_parser::Message<'_> {
+        mail_parser::MessageParser::default()
+            .parse(&self.raw)
+            .expect("the delivered bytes parse as a message")
+    }
+
+    /// The X-Postledger-Message-Id header.
+    pub fn message_id(&self) -> Option<uuid::Uuid> {
+        self.header("X-Postledger-Message-Id")
+            .and_then(|v| uuid::Uuid::parse_str(&v).ok())
+    }
+
+    /// [`Delivered::received_at`] as a time.
+    pub fn received_time(&self) -> chrono::DateTime<chrono::Utc> {
+        // Microseconds since the epoch fit an i64 for any time the sink can report.
+        #[allow(clippy::cast_possible_truncation)]
+        let us = (self.received_at * 1e6) as i64;
+        chrono::DateTime::from_timestamp_micros(us).expect("a valid time")
     }
 }
 

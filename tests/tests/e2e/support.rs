@@ -407,24 +407,3 @@ pub async fn wait_status(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-
-/// Polls (without blocking the runtime) until the sink stored at least `n` messages.
-pub async fn wait_delivered(
-    sink: &crate::sink::Sink,
-    n: usize,
-    timeout: Duration,
-) -> Vec<crate::sink::Delivered> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = sink.delivered();
-        if got.len() >= n || Instant::now() >= deadline {
-            // Past the deadline the sink's own wait reports what it holds and panics.
-            return if got.len() >= n {
-                got
-            } else {
-                sink.wait_for(n, Duration::ZERO)
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::sink::Sink;
-use crate::support::{run, stderr, stdout, wait_delivered, Server};
+use crate::support::{run, stderr, stdout, Server};
 
 const CONFIG: &str = "retry_schedule_ms = [300]\n";
 
@@ -64,7 +64,7 @@ async fn graphql_manages_senders_and_relays_and_sends() {
     let id = d["sendEmail"]["id"].as_str().expect("id").to_string();
     assert_eq!(d["sendEmail"]["status"], "QUEUED");
     assert_eq!(d["sendEmail"]["duplicate"], false);
-    let delivered = wait_delivered(&sink, 1, Duration::from_secs(20)).await;
+    let delivered = sink.arrived(1, Duration::from_secs(20)).await;
     assert_eq!(
         delivered[0].header("Subject").as_deref(),
         Some("Via GraphQL")
@@ -225,7 +225,7 @@ async fn the_cli_sends_an_eml_and_shows_the_queue() {
     );
     let id = stdout(&o);
     uuid::Uuid::parse_str(&id).expect("prints the message id");
-    let delivered = wait_delivered(&sink, 1, Duration::from_secs(20)).await;
+    let delivered = sink.arrived(1, Duration::from_secs(20)).await;
     let msg = &delivered[0];
     assert_eq!(msg.header("Subject").as_deref(), Some("From a file"));
     assert_eq!(msg.header("X-Campaign").as_deref(), Some("cli"));

@@ -108,7 +108,7 @@ async fn a_sent_message_carries_its_headers_parts_and_attachment() {
     let d = Dispatcher::start(t.log.clone(), config(&t, 200));
 
     let events = wait_for_event(&t.log, tenant, id, MESSAGE_SENT, WAIT).await;
-    let got = sink.wait_for(1, WAIT).await;
+    let got = sink.arrived(1, WAIT).await;
     d.stop().await;
     assert_eq!(got.len(), 1);
     let msg = &got[0];
@@ -311,7 +311,7 @@ async fn an_unreachable_relay_fails_over_to_the_next_in_the_same_round() {
         (1, "sink", AttemptOutcome::Sent)
     );
     assert_eq!(sent(&events).relay, "sink");
-    assert_eq!(sink.wait_for(1, WAIT).await.len(), 1);
+    assert_eq!(sink.arrived(1, WAIT).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +349,7 @@ async fn a_scheduled_message_waits_for_its_time() {
     let d = Dispatcher::start(t.log.clone(), config(&t, 200));
 
     // The unscheduled one goes at once, the scheduled one not before its time.
-    let first = sink.wait_for(1, WAIT).await;
+    let first = sink.arrived(1, WAIT).await;
     assert_eq!(first[0].message_id(), Some(now));
     let events = wait_for_event(&t.log, tenant, later, MESSAGE_SENT, WAIT).await;
     d.stop().await;
@@ -357,13 +357,13 @@ async fn a_scheduled_message_waits_for_its_time() {
     assert_eq!(got.len(), 2);
     assert_eq!(got[1].message_id(), Some(later));
     assert!(
-        got[1].received_at() >= scheduled_at,
+        got[1].received_time() >= scheduled_at,
         "received {} before {scheduled_at}",
-        got[1].received_at()
+        got[1].received_time()
     );
     assert!(attempts(&events)[0].at >= scheduled_at);
     // Woken when due, not by a coarse poll.
-    let late = got[1].received_at() - scheduled_at;
+    let late = got[1].received_time() - scheduled_at;
     assert!(late.num_milliseconds() < 1000, "{late:?} late");
 }
 
@@ -386,7 +386,7 @@ async fn due_messages_go_by_priority_then_age() {
     let mut c = config(&t, 200);
     c.concurrency = 1;
     let d = Dispatcher::start(t.log.clone(), c);
-    let got = sink.wait_for(5, WAIT).await;
+    let got = sink.arrived(5, WAIT).await;
     d.stop().await;
     let order: Vec<String> = got
         .iter()
@@ -493,7 +493,7 @@ async fn a_per_minute_limit_holds_within_the_minute_and_across_a_restart() {
         );
     }
     let d = Dispatcher::start(t.log.clone(), config(&t, 200));
-    sink.wait_for(2, WAIT).await;
+    sink.arrived(2, WAIT).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let status = d.status();
     d.stop().await;
@@ -528,7 +528,7 @@ async fn a_per_minute_limit_holds_within_the_minute_and_across_a_restart() {
     assert_eq!(sink.delivered().len(), 2);
     assert_eq!((status.sent, status.pending), (0, 1));
     for m in sink.delivered() {
-        assert_eq!(minute_of(m.received_at()), started_minute);
+        assert_eq!(minute_of(m.received_time()), started_minute);
     }
 }
 
