@@ -1531,6 +1531,16 @@ async fn a_relay_rate_limit_holds_across_a_restart() {
         .await;
     assert_eq!(status, 201, "{relay}");
     assert_eq!(relay["per_minute"], 2);
+    // The limit counts per calendar minute (UTC): the sends, the restart and the checks
+    // must all fall inside one minute, or a new minute rightly lets the third through.
+    let second = chrono::Utc::now().timestamp().rem_euclid(60);
+    if second > 30 {
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(60 - second).unwrap() * 1000 + 100,
+        ))
+        .await;
+    }
+    let started_minute = chrono::Utc::now().timestamp().div_euclid(60);
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(
@@ -1572,6 +1582,11 @@ async fn a_relay_rate_limit_holds_across_a_restart() {
     wait_status(&s, &other, &control, "sent", SLOW).await;
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(restarted.elapsed())).await;
     let ids: Vec<String> = sink.delivered().iter().map(pl_id).collect();
+    assert_eq!(
+        chrono::Utc::now().timestamp().div_euclid(60),
+        started_minute,
+        "the test crossed a minute boundary"
+    );
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(
         !ids.contains(&waiting[0].0),
