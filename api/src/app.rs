@@ -3,13 +3,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use eventlog::{BlobStore, EventLog, Options};
+use drafting::Drafter;
 use projections::mail_settings::MailSettingsRead;
+use projections::templates::TemplatesRead;
 use projections::messages::Messages;
 use projections::{tenants::Tenants, Projections};
 use workers::seal::MasterKey;
 
 use crate::config::Config;
 use crate::secrets::Secrets;
+use crate::templates::TemplateCache;
 
 /// Opens the event log of the configured data folder.
 pub fn open_log(config: &Config) -> Result<EventLog, eventlog::Error> {
@@ -29,6 +32,12 @@ pub struct App {
     pub blobs: BlobStore,
     pub master_key: MasterKey,
     pub max_body_bytes: usize,
+    pub templates: TemplatesRead,
+    /// Compiled template versions, shared by renders and sends.
+    pub template_cache: TemplateCache,
+    pub drafter: Arc<Drafter>,
+    /// How to reach each language-model provider.
+    pub llm: Arc<Vec<drafting::ProviderConfig>>,
     pub secrets: Secrets,
     /// Keyed hash of the operator token; `None` where no operator token is in play (the CLI
     /// working directly on the folder acts as the operator itself).
@@ -55,6 +64,7 @@ impl App {
         let tenants = Tenants::new(model(projections::tenants::NAME)?);
         let mail = MailSettingsRead::new(model(projections::mail_settings::NAME)?);
         let messages = Messages::new(model(projections::messages::NAME)?);
+        let templates = TemplatesRead::new(model(projections::templates::NAME)?);
         let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
         Ok(App {
             log,
@@ -65,6 +75,10 @@ impl App {
             blobs,
             master_key: MasterKey::from_bytes(config.master_key),
             max_body_bytes: config.max_body_bytes,
+            templates,
+            template_cache: TemplateCache::default(),
+            drafter: Arc::new(Drafter::new()),
+            llm: Arc::new(config.llm.clone()),
             secrets: config.secrets.clone(),
             operator_hash: None,
             data_dir: config.data_dir.clone(),

@@ -1,4 +1,5 @@
 //! Configuration: flags, then environment variables, then a TOML file, then defaults.
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,6 +46,20 @@ pub struct FileConfig {
     /// Delays between tries of a delivery report callback, in milliseconds; after the last
     /// one it gives up.
     pub callback_retry_schedule_ms: Option<Vec<u64>>,
+    /// Language-model providers for template drafting: `[llm.openai]`, `[llm.anthropic]`,
+    /// `[llm.deepseek]`. Keys may instead come from `POSTLEDGER_OPENAI_API_KEY`,
+    /// `POSTLEDGER_ANTHROPIC_API_KEY` and `POSTLEDGER_DEEPSEEK_API_KEY`.
+    pub llm: Option<BTreeMap<String, LlmProviderFile>>,
+}
+
+/// One `[llm.<provider>]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmProviderFile {
+    pub base_url: Option<String>,
+    pub model: Option<String>,
+    pub api_key: Option<String>,
+    pub timeout_ms: Option<u64>,
 }
 
 /// How the workers behave; defaults suit production, tests shorten the schedules.
@@ -69,6 +84,8 @@ pub struct Config {
     pub master_key: [u8; 32],
     pub max_body_bytes: usize,
     pub delivery: DeliverySettings,
+    /// How to reach each language-model provider (the dummy needs nothing).
+    pub llm: Vec<drafting::ProviderConfig>,
 }
 
 /// What the command line and environment said (clap fills both).
@@ -142,6 +159,31 @@ impl Config {
                 vec![10_000, 60_000, 300_000, 1_800_000, 7_200_000, 21_600_000]
             })),
         };
+        let mut llm_file = file.llm.unwrap_or_default();
+        let mut llm = Vec::new();
+        for kind in [
+            drafting::ProviderKind::OpenAi,
+            drafting::ProviderKind::Anthropic,
+            drafting::ProviderKind::DeepSeek,
+        ] {
+            let mut p = drafting::ProviderConfig::defaults(kind);
+            let f = llm_file.remove(kind.as_str()).unwrap_or_default();
+            if let Some(u) = f.base_url {
+                p.base_url = u;
+            }
+            if let Some(m) = f.model {
+                p.model = m;
+            }
+            if let Some(t) = f.timeout_ms {
+                p.timeout = Duration::from_millis(t);
+            }
+            let env = format!("POSTLEDGER_{}_API_KEY", kind.as_str().to_ascii_uppercase());
+            p.api_key = std::env::var(env).ok().filter(|k| !k.is_empty()).or(f.api_key);
+            llm.push(p);
+        }
+        if let Some(unknown) = llm_file.keys().next() {
+            bail!("[llm.{unknown}] is not a provider (openai, anthropic, deepseek)");
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -154,6 +196,7 @@ impl Config {
             )
             .unwrap_or(usize::MAX),
             delivery,
+            llm,
         })
     }
 }

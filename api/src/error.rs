@@ -80,14 +80,18 @@ impl From<DomainError> for ApiError {
             | DomainError::MessageNotFound
             | DomainError::SenderNotFound
             | DomainError::RelayNotFound
-            | DomainError::CallbackNotSet => 404,
+            | DomainError::CallbackNotSet
+            | DomainError::TemplateNotFound
+            | DomainError::TemplateVersionNotFound { .. } => 404,
             DomainError::TenantAlreadyExists
             | DomainError::ApiKeyAlreadyExists
             | DomainError::ApiKeyAlreadyRevoked
             | DomainError::TenantNotSuspended
             | DomainError::MessageAlreadyExists
-            | DomainError::MessageFinal { .. } => 409,
-            DomainError::TenantSuspended => 403,
+            | DomainError::MessageFinal { .. }
+            | DomainError::TemplateAlreadyExists
+            | DomainError::TemplateVersionState { .. } => 409,
+            DomainError::TenantSuspended | DomainError::LockedSectionEditForbidden => 403,
             DomainError::UnknownEventType { .. }
             | DomainError::UnsupportedSchemaVersion { .. }
             | DomainError::MalformedPayload { .. } => 500,

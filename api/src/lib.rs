@@ -9,8 +9,11 @@
 //!   wait for the read models.
 //! - `sending`: the send pipeline's operations (sender profiles, relays, the delivery
 //!   callback, send, batch, message reads, timeline, cancel).
-//! - `graphql`: the schema, thin resolvers over `service` and `sending`.
-//! - `rest`: the `/api/v1` routes over `sending`.
+//! - `templates`: template versions and their review, test renders, LLM-assisted drafting
+//!   (over the `drafting` crate) and send-template (rendering by the `templating` crate).
+//! - `graphql`: the schema, thin resolvers over `service` and `sending`; `graphql_mail` and
+//!   `graphql_templates` add the send pipeline's and the templates' fields.
+//! - `rest`: the `/api/v1` routes over `sending`; `rest_templates` adds the templates'.
 //! - `server`: actix-web routes, health and readiness; starts the workers.
 //! - `cli`: the subcommands; `bench`: `postledger bench …`.
 //!
@@ -27,7 +30,9 @@ pub mod error;
 pub mod graphql;
 pub mod graphql_mail;
 pub mod rest;
+pub mod rest_templates;
 pub mod secrets;
 pub mod sending;
 pub mod server;
 pub mod service;
+pub mod templates;

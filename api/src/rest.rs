@@ -14,7 +14,7 @@ use crate::sending::{self, RelayInput, SendRequest, SenderInput};
 use crate::server::{correlation_id, principal, read_body};
 use crate::service::Ctx;
 
-type Reply = Result<HttpResponse, HttpError>;
+pub(crate) type Reply = Result<HttpResponse, HttpError>;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -37,12 +37,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/relays/{id}/", web::delete().to(delete_relay))
             .route("/callback/", web::get().to(get_callback))
             .route("/callback/", web::put().to(set_callback))
-            .route("/callback/", web::delete().to(clear_callback)),
+            .route("/callback/", web::delete().to(clear_callback))
+            .configure(crate::rest_templates::routes),
     );
 }
 
 /// Who calls, for which tenant.
-fn caller(app: &App, req: &HttpRequest) -> Result<(Ctx, Option<Uuid>), ApiError> {
+pub(crate) fn caller(app: &App, req: &HttpRequest) -> Result<(Ctx, Option<Uuid>), ApiError> {
     let principal = principal(app, req)?;
     let requested = match req.headers().get("postledger-tenant") {
         None => None,
@@ -68,7 +69,7 @@ fn path_id(raw: &str, what: &'static str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::new(404, what, "no such id"))
 }
 
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     app: &App,
     payload: web::Payload,
 ) -> Result<T, ApiError> {

@@ -33,7 +33,7 @@ use crate::service::{blocking, execute_on, metadata, new_events, Ctx, READ_YOUR_
 pub const MAX_BATCH: usize = 500;
 
 /// The tenant the call acts on, which must exist; sending also needs it active.
-fn tenant_of(app: &App, ctx: &Ctx, requested: Option<Uuid>, sending: bool) -> Result<Uuid> {
+pub(crate) fn tenant_of(app: &App, ctx: &Ctx, requested: Option<Uuid>, sending: bool) -> Result<Uuid> {
     let tenant = ctx.principal.scope(requested)?;
     let view = app
         .tenants
@@ -49,11 +49,11 @@ fn tenant_of(app: &App, ctx: &Ctx, requested: Option<Uuid>, sending: bool) -> Re
     Ok(tenant)
 }
 
-fn validation(fields: Vec<FieldError>) -> ApiError {
+pub(crate) fn validation(fields: Vec<FieldError>) -> ApiError {
     ApiError::from(DomainError::Validation { fields })
 }
 
-fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+pub(crate) fn field(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError {
         field: field.into(),
         message: message.into(),
@@ -410,7 +410,7 @@ pub enum AddressInput {
 }
 
 impl AddressInput {
-    fn mailbox(&self) -> Mailbox {
+    pub(crate) fn mailbox(&self) -> Mailbox {
         match self {
             AddressInput::Plain(s) => Mailbox {
                 email: s.trim().to_string(),
@@ -433,7 +433,7 @@ pub enum AddressList {
 }
 
 impl AddressList {
-    fn mailboxes(list: &Option<AddressList>) -> Vec<Mailbox> {
+    pub(crate) fn mailboxes(list: &Option<AddressList>) -> Vec<Mailbox> {
         match list {
             None => Vec::new(),
             Some(AddressList::One(a)) => vec![a.mailbox()],
@@ -583,20 +583,50 @@ pub async fn send(
     header_key: Option<String>,
 ) -> Result<SendReceipt> {
     let tenant = tenant_of(app, ctx, requested, true)?;
+    let (idempotency_key, problems) = take_idempotency_key(&mut req.idempotency_key, header_key);
+    let digest = request_digest(&req);
+    queue(app, ctx, tenant, req, idempotency_key, digest, problems, None).await
+}
+
+/// The idempotency key of a request (header or field, which must agree), taken out of the
+/// request so that the request digest does not cover it.
+pub(crate) fn take_idempotency_key(
+    field_key: &mut Option<String>,
+    header_key: Option<String>,
+) -> (Option<String>, Vec<FieldError>) {
     let mut problems = Vec::new();
-    match (&header_key, &req.idempotency_key) {
+    match (&header_key, &*field_key) {
         (Some(h), Some(f)) if h != f => problems.push(field(
             "idempotency_key",
             "differs from the Idempotency-Key header",
         )),
-        (Some(h), None) => req.idempotency_key = Some(h.clone()),
+        (Some(h), None) => *field_key = Some(h.clone()),
         _ => {}
     }
-    let idempotency_key = req.idempotency_key.take();
-    // The digest covers everything but the key, so "same key, same body" is decidable.
-    let digest = blake3::hash(&serde_json::to_vec(&req).unwrap_or_default())
+    (field_key.take(), problems)
+}
+
+/// Hex blake3 of a request without its idempotency key, so that "same key, same body" is
+/// decidable.
+pub(crate) fn request_digest<T: Serialize>(req: &T) -> String {
+    blake3::hash(&serde_json::to_vec(req).unwrap_or_default())
         .to_hex()
-        .to_string();
+        .to_string()
+}
+
+/// Validates a send request and appends its `MessageQueued`; answers once it is durable.
+/// `template` says which template version rendered the bodies, for send-template.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn queue(
+    app: &App,
+    ctx: &Ctx,
+    tenant: Uuid,
+    req: SendRequest,
+    idempotency_key: Option<String>,
+    digest: String,
+    mut problems: Vec<FieldError>,
+    template: Option<domain::template::TemplateUse>,
+) -> Result<SendReceipt> {
     let now = Utc::now();
 
     let from = req.from.as_ref().map(AddressInput::mailbox);
@@ -728,6 +758,7 @@ pub async fn send(
         idempotency_key: idempotency_key.clone(),
         request_digest: digest.clone(),
         queued_at: now,
+        template,
     };
     problems.extend(message::validate_message(&queued, now));
     if !problems.is_empty() {

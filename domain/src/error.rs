@@ -49,6 +49,20 @@ pub enum DomainError {
     RelayNotFound,
     #[error("no delivery callback is set")]
     CallbackNotSet,
+    #[error("template not found")]
+    TemplateNotFound,
+    #[error("a template with this key already exists")]
+    TemplateAlreadyExists,
+    #[error("template version {version} not found")]
+    TemplateVersionNotFound { version: u32 },
+    #[error("version {version} is {status}; this needs a {wanted} version")]
+    TemplateVersionState {
+        version: u32,
+        status: String,
+        wanted: String,
+    },
+    #[error("changing a locked section needs the operator token or an approver key")]
+    LockedSectionEditForbidden,
 }
 
 /// One failing input field, named as the caller spelled it (`to[2]`, `headers.X-Foo`).
@@ -85,6 +99,11 @@ impl DomainError {
             DomainError::SenderNotFound => "SENDER_NOT_FOUND",
             DomainError::RelayNotFound => "RELAY_NOT_FOUND",
             DomainError::CallbackNotSet => "CALLBACK_NOT_SET",
+            DomainError::TemplateNotFound => "TEMPLATE_NOT_FOUND",
+            DomainError::TemplateAlreadyExists => "TEMPLATE_ALREADY_EXISTS",
+            DomainError::TemplateVersionNotFound { .. } => "TEMPLATE_VERSION_NOT_FOUND",
+            DomainError::TemplateVersionState { .. } => "TEMPLATE_VERSION_STATE",
+            DomainError::LockedSectionEditForbidden => "LOCKED_SECTION_EDIT_FORBIDDEN",
         }
     }
 }

@@ -11,6 +11,9 @@
 //! - [`mail_settings`]: a tenant's sender profiles, SMTP relays and delivery callback
 //!   (stream `mail-settings/<tenant>`); secrets arrive already sealed.
 //! - [`delivery_report`]: each try to POST a signed delivery report to a tenant's callback.
+//! - [`template`]: the Template aggregate (stream `template/<key>`): versions, their review
+//!   lifecycle, the current version, drafting records; test renders on `template-render/<key>`.
+//! - [`drafting`]: a tenant's defaults for LLM-assisted drafting.
 //! - [`codec`]: the [`DomainEvent`] contract the event log relies on
 //!   (stable `event_type`, `schema_version`, JSON payload, upcasting of old versions).
 //!
@@ -22,10 +25,12 @@
 
 pub mod codec;
 pub mod delivery_report;
+pub mod drafting;
 pub mod error;
 pub mod ids;
 pub mod mail_settings;
 pub mod message;
+pub mod template;
 pub mod tenant;
 
 pub use codec::*;

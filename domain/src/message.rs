@@ -147,6 +147,9 @@ pub struct MessageQueued {
     /// told apart by this.
     pub request_digest: String,
     pub queued_at: DateTime<Utc>,
+    /// Set when the message was rendered from a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::template::TemplateUse>,
 }
 
 impl MessageQueued {
@@ -747,6 +750,7 @@ mod tests {
             idempotency_key: None,
             request_digest: "00".into(),
             queued_at: at(0),
+            template: None,
         }
     }
 

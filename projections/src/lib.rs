@@ -8,6 +8,7 @@
 //! - `tenants`: the tenants and API keys read model.
 //! - `mail_settings`: sender profiles, relays (without secrets) and callbacks per tenant.
 //! - `messages`: each message's current state and the filtered, newest-first listing.
+//! - `templates`: each template with all its versions (the domain's own fold).
 //!
 //! **A projector's read-model update and its checkpoint are written in one atomic sled
 //! batch on the projector's own tree, so a crash neither skips nor repeats an event.**
@@ -17,6 +18,7 @@ pub mod mail_settings;
 pub mod messages;
 mod model;
 mod runner;
+pub mod templates;
 pub mod tenants;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         Arc::new(tenants::TenantsProjector),
         Arc::new(mail_settings::MailSettingsProjector),
         Arc::new(messages::MessagesProjector),
+        Arc::new(templates::TemplatesProjector),
     ]
 }
 

@@ -230,6 +230,7 @@ mod tests {
             idempotency_key: None,
             request_digest: "00".into(),
             queued_at: Utc.timestamp_opt(1_800_000_000, 0).single().unwrap(),
+            template: None,
         }
     }
 

@@ -120,6 +120,7 @@ async fn queue(log: &EventLog, tenant: Uuid, tags: &[&str], metadata: Value) -> 
         idempotency_key: None,
         request_digest: "00".repeat(32),
         queued_at: now,
+        template: None,
     };
     let events = message::decide(
         &MessageState::default(),

@@ -176,6 +176,7 @@ pub fn message(to: &str, subject: &str) -> MessageQueued {
         idempotency_key: None,
         request_digest: "00".repeat(32),
         queued_at: Utc::now(),
+        template: None,
     }
 }
 
