@@ -15,10 +15,18 @@ pub type AppSchema =
 
 /// Every query: tenants and audit here, the send pipeline in [`crate::graphql_mail`].
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(Query, crate::graphql_mail::MailQuery);
+pub struct QueryRoot(
+    Query,
+    crate::graphql_mail::MailQuery,
+    crate::graphql_templates::TemplateQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(Mutation, crate::graphql_mail::MailMutation);
+pub struct MutationRoot(
+    Mutation,
+    crate::graphql_mail::MailMutation,
+    crate::graphql_templates::TemplateMutation,
+);
 
 /// The schema with its limits; data is attached per request.
 pub fn schema(app: Option<App>) -> AppSchema {

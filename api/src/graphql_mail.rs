@@ -33,7 +33,7 @@ impl Category {
             .into()
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         domain::message::Category::from(self).as_str()
     }
 }
@@ -77,7 +77,7 @@ impl Priority {
             .into()
     }
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         domain::message::Priority::from(self).as_str()
     }
 }
@@ -312,6 +312,16 @@ pub struct SendReceipt {
     pub duplicate: bool,
 }
 
+impl From<sending::SendReceipt> for SendReceipt {
+    fn from(r: sending::SendReceipt) -> Self {
+        SendReceipt {
+            id: ID(r.id.to_string()),
+            status: MessageStatus::from_str(&r.status),
+            duplicate: r.duplicate,
+        }
+    }
+}
+
 #[derive(InputObject)]
 pub struct SenderProfileInput {
     pub email: Option<String>,
@@ -418,8 +428,25 @@ pub struct SendEmailInput {
     pub idempotency_key: Option<String>,
 }
 
-fn list(v: Option<Vec<AddressInput>>) -> Option<AddressList> {
+pub(crate) fn list(v: Option<Vec<AddressInput>>) -> Option<AddressList> {
     v.map(|v| AddressList::Many(v.into_iter().map(RestAddress::from).collect()))
+}
+
+pub(crate) fn headers(h: Option<Vec<HeaderInput>>) -> Option<BTreeMap<String, String>> {
+    h.map(|h| h.into_iter().map(|h| (h.name, h.value)).collect())
+}
+
+pub(crate) fn attachments(a: Option<Vec<AttachmentInput>>) -> Option<Vec<RestAttachment>> {
+    a.map(|a| {
+        a.into_iter()
+            .map(|a| RestAttachment {
+                filename: a.filename,
+                content_type: a.content_type,
+                content: a.content,
+                content_id: a.content_id,
+            })
+            .collect()
+    })
 }
 
 impl From<SendEmailInput> for SendRequest {
@@ -435,23 +462,10 @@ impl From<SendEmailInput> for SendRequest {
             subject: Some(i.subject),
             html: i.html,
             text: i.text,
-            headers: i.headers.map(|h| {
-                h.into_iter()
-                    .map(|h| (h.name, h.value))
-                    .collect::<BTreeMap<_, _>>()
-            }),
+            headers: headers(i.headers),
             tags: i.tags,
             metadata: i.metadata.map(|m| m.0),
-            attachments: i.attachments.map(|a| {
-                a.into_iter()
-                    .map(|a| RestAttachment {
-                        filename: a.filename,
-                        content_type: a.content_type,
-                        content: a.content,
-                        content_id: a.content_id,
-                    })
-                    .collect()
-            }),
+            attachments: attachments(i.attachments),
             priority: i.priority.map(|p| p.as_str().to_string()),
             scheduled_at: i.scheduled_at.map(|t| t.to_rfc3339()),
             category: i.category.map(|c| c.as_str().to_string()),
@@ -692,11 +706,7 @@ impl MailMutation {
     ) -> GqlResult<SendReceipt> {
         let (app, c) = parts(ctx)?;
         let r = sending::send(app, c, opt_id("tenantId", tenant_id)?, input.into(), None).await?;
-        Ok(SendReceipt {
-            id: ID(r.id.to_string()),
-            status: MessageStatus::from_str(&r.status),
-            duplicate: r.duplicate,
-        })
+        Ok(r.into())
     }
 
     /// Cancels a message that has not been sent yet.

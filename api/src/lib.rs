@@ -29,6 +29,7 @@ pub mod eml;
 pub mod error;
 pub mod graphql;
 pub mod graphql_mail;
+pub mod graphql_templates;
 pub mod rest;
 pub mod rest_templates;
 pub mod secrets;

@@ -75,9 +75,9 @@ pub fn redact(email: &str) -> String {
 /// The bare address inside `Name <addr>` or `<addr>`; anything else is returned trimmed.
 pub(crate) fn bare(value: &str) -> &str {
     let value = value.trim();
-    match (value.rfind('<'), value.ends_with('>')) {
-        (Some(start), true) => value[start + 1..value.len() - 1].trim(),
-        _ => value,
+    match value.strip_suffix('>').and_then(|v| v.rsplit_once('<')) {
+        Some((_, inside)) => inside.trim(),
+        None => value,
     }
 }
 

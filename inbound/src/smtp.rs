@@ -43,10 +43,10 @@ pub(crate) fn reply_class(text: &str) -> Option<u8> {
     if code.len() != 3 {
         return None;
     }
-    match code.as_bytes()[0] {
-        b'2' => Some(2),
-        b'4' => Some(4),
-        b'5' => Some(5),
+    match code.as_bytes().first() {
+        Some(b'2') => Some(2),
+        Some(b'4') => Some(4),
+        Some(b'5') => Some(5),
         _ => None,
     }
 }

@@ -387,6 +387,30 @@ fn missing_required_variables_are_all_listed_sorted() {
 }
 
 #[test]
+fn json_objects_behave_like_template_maps() {
+    // The context is built with our own map type; it must behave as minijinja's own maps.
+    let src = concat!(
+        "{% for k in m %}{{ k }},{% endfor %}|{% for k, v in m|items %}{{ k }}={{ v }};{% endfor %}|",
+        "{{ m|length }}|{{ 'b' in m }}{{ 'z' in m }}|{{ m.b }}{{ m['a'] }}|{{ m.nested }}|{{ m }}|",
+        "{{ m|dictsort|first }}|{{ m.nested.list[1] }}|{{ e|length }}{{ not e }}{{ m == m }}|",
+        "{{ m|list }}{{ m.nested|items|list }}{{ m|attr('b') }}"
+    );
+    let ctx = json!({"m": {"b": 2, "a": "x", "nested": {"list": [1, 2]}}, "e": {}});
+    let mut c = content("x", None, Some(src));
+    c.variables = vec![var("m"), var("e")];
+    let ours = compile(&c).render(&ctx, "k").unwrap().text.unwrap();
+    let mut env = crate::render::environment(&Limits::default());
+    env.add_template("t", src).unwrap();
+    let theirs = env
+        .get_template("t")
+        .unwrap()
+        .render(minijinja::Value::from_serialize(&ctx))
+        .unwrap();
+    assert_eq!(ours, theirs);
+    assert!(ours.starts_with("a,b,nested,|a=x;b=2;"), "{ours}");
+}
+
+#[test]
 fn context_must_be_an_object() {
     let mut c = content("Hi", None, Some("x"));
     c.variables = vec![var("a")];
