@@ -2,11 +2,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use eventlog::{BlobStore, EventLog, Options};
 use drafting::Drafter;
+use eventlog::{BlobStore, EventLog, Options};
 use projections::mail_settings::MailSettingsRead;
-use projections::templates::TemplatesRead;
 use projections::messages::Messages;
+use projections::templates::TemplatesRead;
 use projections::{tenants::Tenants, Projections};
 use workers::seal::MasterKey;
 

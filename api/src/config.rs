@@ -178,7 +178,10 @@ impl Config {
                 p.timeout = Duration::from_millis(t);
             }
             let env = format!("POSTLEDGER_{}_API_KEY", kind.as_str().to_ascii_uppercase());
-            p.api_key = std::env::var(env).ok().filter(|k| !k.is_empty()).or(f.api_key);
+            p.api_key = std::env::var(env)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .or(f.api_key);
             llm.push(p);
         }
         if let Some(unknown) = llm_file.keys().next() {

@@ -16,7 +16,7 @@ use crate::graphql_mail::{
 use crate::sending::AddressInput as RestAddress;
 use crate::templates::{
     self, CreateTemplateInput as RestCreate, DraftOutcome, DraftingDefaultsInput, GenerateInput,
-    ReviseInput, Review, SendTemplateRequest, VersionInput,
+    Review, ReviseInput, SendTemplateRequest, VersionInput,
 };
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -402,7 +402,11 @@ impl TemplateQuery {
         )?;
         let mut conn = Connection::new(after.is_some(), page.len() > first);
         conn.edges.extend(page.into_iter().take(first).map(|t| {
-            let key = t.created.as_ref().map(|c| c.key.clone()).unwrap_or_default();
+            let key = t
+                .created
+                .as_ref()
+                .map(|c| c.key.clone())
+                .unwrap_or_default();
             Edge::new(key, Template(t))
         }));
         Ok(conn)
@@ -430,9 +434,11 @@ impl TemplateQuery {
         tenant_id: Option<ID>,
     ) -> GqlResult<DraftingDefaults> {
         let (app, c) = parts(ctx)?;
-        Ok(templates::drafting_defaults(app, c, opt_id("tenantId", tenant_id)?)
-            .await?
-            .into())
+        Ok(
+            templates::drafting_defaults(app, c, opt_id("tenantId", tenant_id)?)
+                .await?
+                .into(),
+        )
     }
 }
 
@@ -677,9 +683,9 @@ impl TemplateMutation {
 }
 
 fn version_of(t: tpl::Template, n: u32) -> GqlResult<TemplateVersion> {
-    Template(t)
-        .version_view(n)
-        .ok_or_else(|| ApiError::from(domain::DomainError::TemplateVersionNotFound { version: n }).into())
+    Template(t).version_view(n).ok_or_else(|| {
+        ApiError::from(domain::DomainError::TemplateVersionNotFound { version: n }).into()
+    })
 }
 
 async fn step(

@@ -9,39 +9,54 @@ use crate::error::ApiError;
 use crate::rest::{caller, json_body, Reply};
 use crate::server::read_body;
 use crate::templates::{
-    self, CreateTemplateInput, DraftOutcome, DraftingDefaultsInput, GenerateInput, ReviseInput,
-    Review, SendTemplateRequest, VersionInput,
+    self, CreateTemplateInput, DraftOutcome, DraftingDefaultsInput, GenerateInput, Review,
+    ReviseInput, SendTemplateRequest, VersionInput,
 };
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/messages/send-template/",
-        web::post().to(send_template),
-    )
-    .route("/templates/", web::get().to(list))
-    .route("/templates/", web::post().to(create))
-    .route("/templates/{key}/", web::get().to(get))
-    .route("/templates/{key}/versions/", web::post().to(create_version))
-    .route("/templates/{key}/versions/{n}/", web::get().to(get_version))
-    .route("/templates/{key}/versions/{n}/", web::put().to(edit_draft))
-    .route("/templates/{key}/versions/{n}/submit/", web::post().to(submit))
-    .route("/templates/{key}/versions/{n}/approve/", web::post().to(approve))
-    .route("/templates/{key}/versions/{n}/reject/", web::post().to(reject))
-    .route(
-        "/templates/{key}/versions/{n}/make-current/",
-        web::post().to(make_current),
-    )
-    .route("/templates/{key}/versions/{n}/render/", web::post().to(render))
-    .route("/templates/{key}/versions/{n}/revise/", web::post().to(revise))
-    .route("/templates/{key}/drafts/generate/", web::post().to(generate))
-    .route("/drafting/", web::get().to(get_defaults))
-    .route("/drafting/", web::put().to(set_defaults));
+    cfg.route("/messages/send-template/", web::post().to(send_template))
+        .route("/templates/", web::get().to(list))
+        .route("/templates/", web::post().to(create))
+        .route("/templates/{key}/", web::get().to(get))
+        .route("/templates/{key}/events/", web::get().to(events))
+        .route("/templates/{key}/versions/", web::post().to(create_version))
+        .route("/templates/{key}/versions/{n}/", web::get().to(get_version))
+        .route("/templates/{key}/versions/{n}/", web::put().to(edit_draft))
+        .route(
+            "/templates/{key}/versions/{n}/submit/",
+            web::post().to(submit),
+        )
+        .route(
+            "/templates/{key}/versions/{n}/approve/",
+            web::post().to(approve),
+        )
+        .route(
+            "/templates/{key}/versions/{n}/reject/",
+            web::post().to(reject),
+        )
+        .route(
+            "/templates/{key}/versions/{n}/make-current/",
+            web::post().to(make_current),
+        )
+        .route(
+            "/templates/{key}/versions/{n}/render/",
+            web::post().to(render),
+        )
+        .route(
+            "/templates/{key}/versions/{n}/revise/",
+            web::post().to(revise),
+        )
+        .route(
+            "/templates/{key}/drafts/generate/",
+            web::post().to(generate),
+        )
+        .route("/drafting/", web::get().to(get_defaults))
+        .route("/drafting/", web::put().to(set_defaults));
 }
 
 fn version_number(raw: &str) -> Result<u32, ApiError> {
-    raw.parse::<u32>().map_err(|_| {
-        ApiError::new(404, "TEMPLATE_VERSION_NOT_FOUND", "no such version")
-    })
+    raw.parse::<u32>()
+        .map_err(|_| ApiError::new(404, "TEMPLATE_VERSION_NOT_FOUND", "no such version"))
 }
 
 /// A small optional JSON body (`{}` or nothing at all is fine).
@@ -73,7 +88,11 @@ async fn list(app: web::Data<App>, req: HttpRequest) -> Reply {
     let more = page.len() > limit;
     let items: Vec<_> = page.iter().take(limit).collect();
     let next = more
-        .then(|| items.last().and_then(|t| t.created.as_ref().map(|c| c.key.clone())))
+        .then(|| {
+            items
+                .last()
+                .and_then(|t| t.created.as_ref().map(|c| c.key.clone()))
+        })
         .flatten();
     Ok(HttpResponse::Ok().json(json!({
         "data": items.iter().map(|t| templates::template_json(t, false)).collect::<Vec<_>>(),
@@ -92,6 +111,12 @@ async fn get(app: web::Data<App>, req: HttpRequest, key: web::Path<String>) -> R
     let (ctx, tenant) = caller(&app, &req)?;
     let t = templates::get(&app, &ctx, tenant, &key)?;
     Ok(HttpResponse::Ok().json(templates::template_json(&t, true)))
+}
+
+async fn events(app: web::Data<App>, req: HttpRequest, key: web::Path<String>) -> Reply {
+    let (ctx, tenant) = caller(&app, &req)?;
+    let events = templates::events(&app, &ctx, tenant, &key).await?;
+    Ok(HttpResponse::Ok().json(json!({ "key": key.as_str(), "events": events })))
 }
 
 #[derive(Deserialize)]
@@ -124,7 +149,9 @@ async fn get_version(
     let n = version_number(&path.1)?;
     let t = templates::get(&app, &ctx, tenant, &path.0)?;
     if !t.versions.contains_key(&n) {
-        return Err(ApiError::from(domain::DomainError::TemplateVersionNotFound { version: n }).into());
+        return Err(
+            ApiError::from(domain::DomainError::TemplateVersionNotFound { version: n }).into(),
+        );
     }
     Ok(HttpResponse::Ok().json(templates::version_json(&t, n)))
 }

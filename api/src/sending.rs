@@ -33,7 +33,12 @@ use crate::service::{blocking, execute_on, metadata, new_events, Ctx, READ_YOUR_
 pub const MAX_BATCH: usize = 500;
 
 /// The tenant the call acts on, which must exist; sending also needs it active.
-pub(crate) fn tenant_of(app: &App, ctx: &Ctx, requested: Option<Uuid>, sending: bool) -> Result<Uuid> {
+pub(crate) fn tenant_of(
+    app: &App,
+    ctx: &Ctx,
+    requested: Option<Uuid>,
+    sending: bool,
+) -> Result<Uuid> {
     let tenant = ctx.principal.scope(requested)?;
     let view = app
         .tenants
@@ -585,7 +590,17 @@ pub async fn send(
     let tenant = tenant_of(app, ctx, requested, true)?;
     let (idempotency_key, problems) = take_idempotency_key(&mut req.idempotency_key, header_key);
     let digest = request_digest(&req);
-    queue(app, ctx, tenant, req, idempotency_key, digest, problems, None).await
+    queue(
+        app,
+        ctx,
+        tenant,
+        req,
+        idempotency_key,
+        digest,
+        problems,
+        None,
+    )
+    .await
 }
 
 /// The idempotency key of a request (header or field, which must agree), taken out of the
@@ -951,7 +966,7 @@ pub struct TimelineEntry {
     pub data: Value,
 }
 
-fn timeline_entry(e: &RecordedEvent) -> TimelineEntry {
+pub(crate) fn timeline_entry(e: &RecordedEvent) -> TimelineEntry {
     TimelineEntry {
         position: e.position,
         stream: e.stream.kind.clone(),

@@ -308,8 +308,10 @@ pub async fn revoke_api_key(
 /// A readable line for one event of the audit timeline.
 pub fn summary(e: &RecordedEvent) -> String {
     use domain::delivery_report::{DeliveryReportEvent, DELIVERY_REPORT_STREAM};
+    use domain::drafting::{DraftingEvent, DRAFTING_SETTINGS_STREAM};
     use domain::mail_settings::{MailSettingsEvent, MAIL_SETTINGS_STREAM};
     use domain::message::{MessageEvent, MESSAGE_STREAM};
+    use domain::template::{TemplateEvent, TEMPLATE_RENDER_STREAM, TEMPLATE_STREAM};
     let (t, v, p) = (
         e.event_type.as_str(),
         e.schema_version,
@@ -320,6 +322,10 @@ pub fn summary(e: &RecordedEvent) -> String {
         MESSAGE_STREAM => MessageEvent::decode(t, v, p).map(|ev| ev.summary()),
         MAIL_SETTINGS_STREAM => MailSettingsEvent::decode(t, v, p).map(|ev| ev.summary()),
         DELIVERY_REPORT_STREAM => DeliveryReportEvent::decode(t, v, p).map(|ev| ev.summary()),
+        TEMPLATE_STREAM | TEMPLATE_RENDER_STREAM => {
+            TemplateEvent::decode(t, v, p).map(|ev| ev.summary())
+        }
+        DRAFTING_SETTINGS_STREAM => DraftingEvent::decode(t, v, p).map(|ev| ev.summary()),
         _ => return e.event_type.clone(),
     };
     line.unwrap_or_else(|_| e.event_type.clone())

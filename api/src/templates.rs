@@ -12,8 +12,8 @@ use chrono::Utc;
 use domain::drafting::{self as drafting_settings, DraftingDefaults, DRAFTING_SETTINGS_STREAM};
 use domain::template::{
     self, CheckedContent, DraftGenerated, Editor, SubjectVariant, Template, TemplateCommand,
-    TemplateContent, TemplateEvent, TemplateRendered, TemplateUse, TemplateVariable,
-    VersionSource, TEMPLATE_RENDER_STREAM, TEMPLATE_STREAM,
+    TemplateContent, TemplateEvent, TemplateRendered, TemplateUse, TemplateVariable, VersionSource,
+    TEMPLATE_RENDER_STREAM, TEMPLATE_STREAM,
 };
 use domain::{ApiKeyRole, DomainError, FieldError};
 use drafting::{Brief, DraftRecord, DraftRequest, ProviderConfig, ProviderKind, Task};
@@ -71,13 +71,19 @@ fn not_found() -> ApiError {
 
 /// The engine's findings as a 422 that names the part, line and column of each.
 fn invalid(issues: Vec<templating::Issue>) -> ApiError {
-    let first = issues.first().map_or_else(String::new, |i| match (i.line, i.column) {
-        (Some(l), Some(c)) => format!("{} line {l} column {c}: {}", i.part, i.message),
-        (Some(l), None) => format!("{} line {l}: {}", i.part, i.message),
-        _ => format!("{}: {}", i.part, i.message),
-    });
-    ApiError::new(422, "TEMPLATE_INVALID", format!("the template is invalid: {first}"))
-        .with_details(json!({ "issues": issues }))
+    let first = issues
+        .first()
+        .map_or_else(String::new, |i| match (i.line, i.column) {
+            (Some(l), Some(c)) => format!("{} line {l} column {c}: {}", i.part, i.message),
+            (Some(l), None) => format!("{} line {l}: {}", i.part, i.message),
+            _ => format!("{}: {}", i.part, i.message),
+        });
+    ApiError::new(
+        422,
+        "TEMPLATE_INVALID",
+        format!("the template is invalid: {first}"),
+    )
+    .with_details(json!({ "issues": issues }))
 }
 
 fn check(content: TemplateContent) -> Result<CheckedContent> {
@@ -214,6 +220,40 @@ pub fn get(app: &App, ctx: &Ctx, requested: Option<Uuid>, key: &str) -> Result<T
         return Err(not_found());
     }
     app.templates.get(tenant, key)?.ok_or_else(not_found)
+}
+
+/// The template's whole timeline from the log: every change, drafting record and test
+/// render, in log order.
+pub async fn events(
+    app: &App,
+    ctx: &Ctx,
+    requested: Option<Uuid>,
+    key: &str,
+) -> Result<Vec<sending::TimelineEntry>> {
+    let tenant = tenant_of(app, ctx, requested, false)?;
+    if !template::valid_key(key) {
+        return Err(not_found());
+    }
+    let log = app.log.clone();
+    let key = key.to_string();
+    let events = crate::service::blocking(move || {
+        let mut events = log.read_stream(tenant, &stream(&key), 1, usize::MAX)?;
+        if !events.is_empty() {
+            events.extend(log.read_stream(
+                tenant,
+                &StreamId::new(TEMPLATE_RENDER_STREAM, key.as_str()),
+                1,
+                usize::MAX,
+            )?);
+            events.sort_by_key(|e| e.position);
+        }
+        Ok(events)
+    })
+    .await?;
+    if events.is_empty() {
+        return Err(not_found());
+    }
+    Ok(events.iter().map(sending::timeline_entry).collect())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -571,11 +611,10 @@ pub async fn send_template(
         .unwrap_or_default();
     let context = req.context.clone().unwrap_or(Value::Null);
     let rendered = render_version(app, tenant, &key, &current.content, &context, &first_to)?;
-    let category = req.category.clone().or_else(|| {
-        t.created
-            .as_ref()
-            .map(|c| c.category.as_str().to_string())
-    });
+    let category = req
+        .category
+        .clone()
+        .or_else(|| t.created.as_ref().map(|c| c.category.as_str().to_string()));
     let send = SendRequest {
         from: req.from,
         to: req.to,
@@ -638,7 +677,8 @@ async fn load_defaults(app: &App, tenant: Uuid) -> Result<DraftingDefaults> {
     let mut state = None;
     for e in events {
         use domain::DomainEvent;
-        let ev = drafting_settings::DraftingEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
+        let ev =
+            drafting_settings::DraftingEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
         drafting_settings::apply(&mut state, &ev);
     }
     Ok(state.unwrap_or_default())
@@ -799,10 +839,17 @@ async fn draft(
     };
     let defaults = load_defaults(app, tenant).await?;
     let provider = options.provider.unwrap_or(defaults.provider);
-    let cfg = provider_config(app, &provider, options.model.as_deref().or(defaults.model.as_deref()))?;
+    let cfg = provider_config(
+        app,
+        &provider,
+        options.model.as_deref().or(defaults.model.as_deref()),
+    )?;
     let temperature = options.temperature.unwrap_or(defaults.temperature);
     if !(0.0..=2.0).contains(&temperature) {
-        return Err(validation(vec![field("temperature", "must be between 0 and 2")]));
+        return Err(validation(vec![field(
+            "temperature",
+            "must be between 0 and 2",
+        )]));
     }
     let task_name = match &task {
         Task::Generate(_) => "generate",
@@ -810,7 +857,11 @@ async fn draft(
     };
     let request = DraftRequest {
         template_key: key.to_string(),
-        template_name: t.created.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+        template_name: t
+            .created
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_default(),
         category: t
             .created
             .as_ref()
@@ -818,8 +869,10 @@ async fn draft(
             .to_string(),
         task,
         base: base.map(|b| b.content.clone()),
-        variables: variables
-            .unwrap_or_else(|| base.map(|b| b.content.variables.clone()).unwrap_or_default()),
+        variables: variables.unwrap_or_else(|| {
+            base.map(|b| b.content.variables.clone())
+                .unwrap_or_default()
+        }),
         locked_sections: base.map(|b| b.locked_sections.clone()).unwrap_or_default(),
         brand_voice: defaults.brand_voice.clone(),
         temperature,
@@ -953,7 +1006,10 @@ pub async fn revise(
 ) -> Result<DraftOutcome> {
     let instruction = input.instruction.trim().to_string();
     if instruction.is_empty() || instruction.chars().count() > 4000 {
-        return Err(ApiError::invalid("instruction", "must be 1..=4000 characters"));
+        return Err(ApiError::invalid(
+            "instruction",
+            "must be 1..=4000 characters",
+        ));
     }
     draft(
         app,

@@ -106,7 +106,10 @@ impl DomainEvent for DraftingEvent {
         format!(
             "Drafting defaults set: {}{}",
             d.provider,
-            d.model.as_ref().map(|m| format!(" / {m}")).unwrap_or_default()
+            d.model
+                .as_ref()
+                .map(|m| format!(" / {m}"))
+                .unwrap_or_default()
         )
     }
 }

@@ -19,6 +19,12 @@
 //!   cannot fill memory with output; minijinja's recursion limit bounds nesting;
 //! - no panics: every input, however broken, ends in an [`Issue`] or a [`RenderError`].
 //!
+//! What the sandbox does not bound: memory held by intermediate values. minijinja has no
+//! memory limit, and a few loop iterations of string doubling (`{% set ns.s = ns.s ~ ns.s %}`)
+//! or of appending 100 MB repeats to a list build huge values without spending fuel or
+//! writing output. Rendering untrusted versions should therefore also run under a process
+//! memory limit.
+//!
 //! Locked sections (`{# locked: NAME #}` … `{# endlocked #}`) are comments, so rendering
 //! ignores the markers; [`locked_sections`] extracts their source verbatim so that the rest of
 //! the system can keep edits (human or model) from changing them.

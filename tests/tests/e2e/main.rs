@@ -9,3 +9,4 @@ mod send;
 mod sink;
 mod support;
 mod surfaces;
+mod templates;
