@@ -6,6 +6,7 @@ use drafting::Drafter;
 use eventlog::{BlobStore, EventLog, Options};
 use projections::mail_settings::MailSettingsRead;
 use projections::messages::Messages;
+use projections::suppressions::SuppressionsRead;
 use projections::templates::TemplatesRead;
 use projections::{tenants::Tenants, Projections};
 use workers::seal::MasterKey;
@@ -33,6 +34,9 @@ pub struct App {
     pub master_key: MasterKey,
     pub max_body_bytes: usize,
     pub templates: TemplatesRead,
+    pub suppressions: SuppressionsRead,
+    /// Base URL of the public pages (unsubscribe links).
+    pub public_url: Arc<str>,
     /// Compiled template versions, shared by renders and sends.
     pub template_cache: TemplateCache,
     pub drafter: Arc<Drafter>,
@@ -65,6 +69,7 @@ impl App {
         let mail = MailSettingsRead::new(model(projections::mail_settings::NAME)?);
         let messages = Messages::new(model(projections::messages::NAME)?);
         let templates = TemplatesRead::new(model(projections::templates::NAME)?);
+        let suppressions = SuppressionsRead::new(model(projections::suppressions::NAME)?);
         let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
         Ok(App {
             log,
@@ -76,6 +81,8 @@ impl App {
             master_key: MasterKey::from_bytes(config.master_key),
             max_body_bytes: config.max_body_bytes,
             templates,
+            suppressions,
+            public_url: Arc::from(config.public_url.as_str()),
             template_cache: TemplateCache::default(),
             drafter: Arc::new(Drafter::new()),
             llm: Arc::new(config.llm.clone()),

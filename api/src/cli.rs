@@ -188,6 +188,13 @@ pub enum BenchCommand {
         #[arg(long, default_value = "auto")]
         sink: String,
     },
+    /// Render throughput of a realistic template (subject, HTML with a loop and
+    /// conditionals, text) on one core.
+    Templates {
+        /// How long to render, in seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Durable append rate and latency, replay and verify rates, in a fresh folder.
     Eventlog {
         /// Appends made by the single appender.
@@ -251,6 +258,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Send { c1, c64, sink },
         } => {
             let report = crate::bench_send::send(c1, c64, &sink)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Templates { seconds },
+        } => {
+            let report = templating::bench::run(std::time::Duration::from_secs(seconds.max(1)));
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -50,6 +50,12 @@ pub struct FileConfig {
     /// `[llm.deepseek]`. Keys may instead come from `POSTLEDGER_OPENAI_API_KEY`,
     /// `POSTLEDGER_ANTHROPIC_API_KEY` and `POSTLEDGER_DEEPSEEK_API_KEY`.
     pub llm: Option<BTreeMap<String, LlmProviderFile>>,
+    /// The address recipients reach this server at (unsubscribe links), e.g.
+    /// "https://mail.example.com". Default: `http://<listen>`.
+    pub public_url: Option<String>,
+    /// When set, marketing mail's `List-Unsubscribe` also offers
+    /// `mailto:unsubscribe+<token>@<this domain>`.
+    pub unsubscribe_mailto_domain: Option<String>,
 }
 
 /// One `[llm.<provider>]` table.
@@ -86,6 +92,9 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// How to reach each language-model provider (the dummy needs nothing).
     pub llm: Vec<drafting::ProviderConfig>,
+    /// Base URL of the public pages (unsubscribe), without a trailing slash.
+    pub public_url: String,
+    pub unsubscribe_mailto_domain: Option<String>,
 }
 
 /// What the command line and environment said (clap fills both).
@@ -200,6 +209,11 @@ impl Config {
             .unwrap_or(usize::MAX),
             delivery,
             llm,
+            public_url: file
+                .public_url
+                .map(|u| u.trim_end_matches('/').to_string())
+                .unwrap_or_else(|| format!("http://{listen}")),
+            unsubscribe_mailto_domain: file.unsubscribe_mailto_domain,
         })
     }
 }

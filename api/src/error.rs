@@ -82,7 +82,8 @@ impl From<DomainError> for ApiError {
             | DomainError::RelayNotFound
             | DomainError::CallbackNotSet
             | DomainError::TemplateNotFound
-            | DomainError::TemplateVersionNotFound { .. } => 404,
+            | DomainError::TemplateVersionNotFound { .. }
+            | DomainError::SuppressionNotFound => 404,
             DomainError::TenantAlreadyExists
             | DomainError::ApiKeyAlreadyExists
             | DomainError::ApiKeyAlreadyRevoked

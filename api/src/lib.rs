@@ -11,6 +11,9 @@
 //!   callback, send, batch, message reads, timeline, cancel).
 //! - `templates`: template versions and their review, test renders, LLM-assisted drafting
 //!   (over the `drafting` crate) and send-template (rendering by the `templating` crate).
+//! - `suppressions`: suppression entries (add, bulk, list, look up, remove, CSV import and
+//!   export); `signals`: inbound webhooks, bounce messages, the webhook log, signal
+//!   settings and one-click unsubscribe.
 //! - `graphql`: the schema, thin resolvers over `service` and `sending`; `graphql_mail` and
 //!   `graphql_templates` add the send pipeline's and the templates' fields.
 //! - `rest`: the `/api/v1` routes over `sending`; `rest_templates` adds the templates'.
@@ -31,9 +34,13 @@ pub mod graphql;
 pub mod graphql_mail;
 pub mod graphql_templates;
 pub mod rest;
+pub mod rest_signals;
+pub mod rest_suppressions;
 pub mod rest_templates;
 pub mod secrets;
 pub mod sending;
 pub mod server;
 pub mod service;
+pub mod signals;
+pub mod suppressions;
 pub mod templates;

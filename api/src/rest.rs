@@ -38,7 +38,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/callback/", web::get().to(get_callback))
             .route("/callback/", web::put().to(set_callback))
             .route("/callback/", web::delete().to(clear_callback))
-            .configure(crate::rest_templates::routes),
+            .configure(crate::rest_templates::routes)
+            .configure(crate::rest_suppressions::routes)
+            .configure(crate::rest_signals::routes),
     );
 }
 

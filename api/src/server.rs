@@ -110,6 +110,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .route("/graphql", web::post().to(graphql_post))
             .route("/graphql", web::get().to(graphiql))
             .configure(crate::rest::routes)
+            .configure(crate::rest_signals::public_routes)
             .default_service(web::to(not_found))
     })
     .workers(2)

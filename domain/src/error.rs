@@ -63,6 +63,8 @@ pub enum DomainError {
     },
     #[error("changing a locked section needs the operator token or an approver key")]
     LockedSectionEditForbidden,
+    #[error("this address is not suppressed")]
+    SuppressionNotFound,
 }
 
 /// One failing input field, named as the caller spelled it (`to[2]`, `headers.X-Foo`).
@@ -104,6 +106,7 @@ impl DomainError {
             DomainError::TemplateVersionNotFound { .. } => "TEMPLATE_VERSION_NOT_FOUND",
             DomainError::TemplateVersionState { .. } => "TEMPLATE_VERSION_STATE",
             DomainError::LockedSectionEditForbidden => "LOCKED_SECTION_EDIT_FORBIDDEN",
+            DomainError::SuppressionNotFound => "SUPPRESSION_NOT_FOUND",
         }
     }
 }

@@ -14,6 +14,9 @@
 //! - [`template`]: the Template aggregate (stream `template/<key>`): versions, their review
 //!   lifecycle, the current version, drafting records; test renders on `template-render/<key>`.
 //! - [`drafting`]: a tenant's defaults for LLM-assisted drafting.
+//! - [`suppression`]: addresses not to email (per tenant, or global), added, removed, imported.
+//! - [`signals`]: what comes back after sending: webhook and bounce signals, the webhook log,
+//!   and the tenant's signal settings (signature mode, plus-address matching).
 //! - [`codec`]: the [`DomainEvent`] contract the event log relies on
 //!   (stable `event_type`, `schema_version`, JSON payload, upcasting of old versions).
 //!
@@ -30,6 +33,8 @@ pub mod error;
 pub mod ids;
 pub mod mail_settings;
 pub mod message;
+pub mod signals;
+pub mod suppression;
 pub mod template;
 pub mod tenant;
 

@@ -9,6 +9,8 @@
 //! - `mail_settings`: sender profiles, relays (without secrets) and callbacks per tenant.
 //! - `messages`: each message's current state and the filtered, newest-first listing.
 //! - `templates`: each template with all its versions (the domain's own fold).
+//! - `suppressions`: suppression entries per tenant and global, matched exactly or
+//!   plus/Gmail-normalised.
 //!
 //! **A projector's read-model update and its checkpoint are written in one atomic sled
 //! batch on the projector's own tree, so a crash neither skips nor repeats an event.**
@@ -18,6 +20,7 @@ pub mod mail_settings;
 pub mod messages;
 mod model;
 mod runner;
+pub mod suppressions;
 pub mod templates;
 pub mod tenants;
 
@@ -34,6 +37,7 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         Arc::new(mail_settings::MailSettingsProjector),
         Arc::new(messages::MessagesProjector),
         Arc::new(templates::TemplatesProjector),
+        Arc::new(suppressions::SuppressionsProjector),
     ]
 }
 

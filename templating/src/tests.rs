@@ -524,6 +524,46 @@ fn unbounded_recursion_is_an_error_not_a_crash() {
 }
 
 #[test]
+fn deep_nesting_in_sources_and_contexts_is_refused_without_crashing() {
+    let deep_expr = format!("{{{{ {}a{} }}}}", "(".repeat(5000), ")".repeat(5000));
+    let deep_blocks = format!(
+        "{}x{}",
+        "{% if a %}".repeat(3000),
+        "{% endif %}".repeat(3000)
+    );
+    let deep_context = (0..200).fold(json!(1), |inner, _| json!([inner]));
+    let outcome = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let mut results = Vec::new();
+            for src in [deep_expr, deep_blocks] {
+                let mut c = content("Hi", None, Some(&src));
+                c.variables = vec![var("a")];
+                let issues = analyse(&c).unwrap_err();
+                results.push(codes(&issues).first().map(|(_, code)| code.to_string()));
+            }
+            let mut c = content("Hi", None, Some("{{ a }}"));
+            c.variables = vec![var("a")];
+            let err = compile(&c)
+                .render(&json!({ "a": deep_context }), "k")
+                .unwrap_err();
+            results.push(Some(err.code().to_owned()));
+            results
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(
+        outcome,
+        vec![
+            Some("TEMPLATE_SYNTAX".to_owned()),
+            Some("TEMPLATE_SYNTAX".to_owned()),
+            Some("INVALID_CONTEXT".to_owned())
+        ]
+    );
+}
+
+#[test]
 fn subject_is_one_line_and_variants_are_picked_by_key() {
     let mut c = content("  Base\n{{ n }}  ", None, Some("t"));
     c.variables = vec![var("n")];

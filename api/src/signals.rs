@@ -1,0 +1,1 @@
+//! Delivery signals (being written).

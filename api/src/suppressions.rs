@@ -1,0 +1,1 @@
+//! Suppressions (being written).
