@@ -6,6 +6,7 @@ use drafting::Drafter;
 use eventlog::{BlobStore, EventLog, Options};
 use projections::mail_settings::MailSettingsRead;
 use projections::messages::Messages;
+use projections::signals::SignalsRead;
 use projections::suppressions::SuppressionsRead;
 use projections::templates::TemplatesRead;
 use projections::{tenants::Tenants, Projections};
@@ -13,6 +14,7 @@ use workers::seal::MasterKey;
 
 use crate::config::Config;
 use crate::secrets::Secrets;
+use crate::signals::SignalCache;
 use crate::templates::TemplateCache;
 
 /// Opens the event log of the configured data folder.
@@ -35,6 +37,9 @@ pub struct App {
     pub max_body_bytes: usize,
     pub templates: TemplatesRead,
     pub suppressions: SuppressionsRead,
+    pub signal_counts: SignalsRead,
+    /// Each tenant's plus-address matching setting, read on every send.
+    pub signal_cache: SignalCache,
     /// Base URL of the public pages (unsubscribe links).
     pub public_url: Arc<str>,
     /// Compiled template versions, shared by renders and sends.
@@ -70,6 +75,7 @@ impl App {
         let messages = Messages::new(model(projections::messages::NAME)?);
         let templates = TemplatesRead::new(model(projections::templates::NAME)?);
         let suppressions = SuppressionsRead::new(model(projections::suppressions::NAME)?);
+        let signal_counts = SignalsRead::new(model(projections::signals::NAME)?);
         let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
         Ok(App {
             log,
@@ -82,6 +88,8 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             templates,
             suppressions,
+            signal_counts,
+            signal_cache: SignalCache::default(),
             public_url: Arc::from(config.public_url.as_str()),
             template_cache: TemplateCache::default(),
             drafter: Arc::new(Drafter::new()),

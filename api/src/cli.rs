@@ -207,6 +207,16 @@ pub enum BenchCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Suppression CSV import rate (durable, and until the read model caught up) and
+    /// look-up latency, in a fresh folder.
+    Suppressions {
+        /// Distinct addresses in the imported CSV.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: usize,
+        /// Where to put the benchmark's data folder (a fresh temporary one by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Entry point of the binary.
@@ -277,6 +287,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => {
             let report = crate::bench::eventlog(c1_appends, c64_events, dir)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Suppressions { entries, dir },
+        } => {
+            let report = crate::bench_suppressions::run(entries, dir)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

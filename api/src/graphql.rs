@@ -19,6 +19,7 @@ pub struct QueryRoot(
     Query,
     crate::graphql_mail::MailQuery,
     crate::graphql_templates::TemplateQuery,
+    crate::graphql_suppressions::SuppressionQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -26,6 +27,7 @@ pub struct MutationRoot(
     Mutation,
     crate::graphql_mail::MailMutation,
     crate::graphql_templates::TemplateMutation,
+    crate::graphql_suppressions::SuppressionMutation,
 );
 
 /// The schema with its limits; data is attached per request.

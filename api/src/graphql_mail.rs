@@ -90,6 +90,9 @@ pub enum MessageStatus {
     Sent,
     Failed,
     Cancelled,
+    // Every recipient was suppressed when the message was due; nothing was sent. (A plain
+    // comment: a doc comment would become a description in the committed SDL.)
+    Suppressed,
 }
 
 impl MessageStatus {

@@ -503,6 +503,58 @@ pub struct SendReceipt {
     pub status: String,
     /// True when an earlier request with the same idempotency key created the message.
     pub duplicate: bool,
+    /// Recipients left out because they are suppressed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppressed: Vec<SuppressedRecipient>,
+}
+
+/// A recipient a send left out, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct SuppressedRecipient {
+    pub address: String,
+    pub reason: String,
+    pub scope: String,
+}
+
+/// Drops every suppressed recipient from the message; answers who was dropped. Refuses the
+/// message when no `to` recipient is left.
+async fn screen_recipients(
+    app: &App,
+    tenant: Uuid,
+    queued: &mut MessageQueued,
+    now: DateTime<Utc>,
+) -> Result<Vec<SuppressedRecipient>> {
+    let plus = crate::signals::plus_addressing(app, tenant).await?;
+    let mut out = Vec::new();
+    let category = queued.category;
+    let mut keep = |list: &mut Vec<Mailbox>| -> Result<()> {
+        let mut kept = Vec::with_capacity(list.len());
+        for m in list.drain(..) {
+            match crate::signals::blocking_suppression(app, tenant, &m.email, plus, category, now)?
+            {
+                Some(s) => out.push(SuppressedRecipient {
+                    address: m.email,
+                    reason: s.reason.as_str().to_string(),
+                    scope: s.scope.as_str().to_string(),
+                }),
+                None => kept.push(m),
+            }
+        }
+        *list = kept;
+        Ok(())
+    };
+    keep(&mut queued.to)?;
+    keep(&mut queued.cc)?;
+    keep(&mut queued.bcc)?;
+    if queued.to.is_empty() && !out.is_empty() {
+        return Err(ApiError::new(
+            422,
+            "RECIPIENTS_SUPPRESSED",
+            "every `to` recipient is suppressed; nothing was queued",
+        )
+        .with_details(json!({ "suppressed": out })));
+    }
+    Ok(out)
 }
 
 /// A message id that only the tenant and the idempotency key decide, so that a retried
@@ -750,7 +802,7 @@ pub(crate) async fn queue(
             decoded.push(t.into_bytes());
         }
     }
-    let queued = MessageQueued {
+    let mut queued = MessageQueued {
         message_id,
         sender_id: sender.as_ref().map_or(Uuid::nil(), |s| s.id),
         from,
@@ -779,6 +831,7 @@ pub(crate) async fn queue(
     if !problems.is_empty() {
         return Err(validation(problems));
     }
+    let suppressed = screen_recipients(app, tenant, &mut queued, now).await?;
     let events = message::decide(
         &MessageState::default(),
         MessageCommand::Queue {
@@ -820,6 +873,7 @@ pub(crate) async fn queue(
             id: message_id,
             status: "queued".into(),
             duplicate: false,
+            suppressed,
         }),
         Err(eventlog::Error::WrongExpectedVersion { .. }) if idempotency_key.is_some() => {
             let log = app.log.clone();
@@ -835,6 +889,7 @@ pub(crate) async fn queue(
                         id: message_id,
                         status,
                         duplicate: true,
+                        suppressed,
                     })
                 }
                 _ => Err(ApiError::new(

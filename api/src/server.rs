@@ -64,6 +64,14 @@ fn start_workers(
     dispatch.concurrency = d.concurrency;
     dispatch.smtp_timeout = d.smtp_timeout;
     dispatch.hello_name = d.hello_name.clone();
+    // The API verifies the tokens with the same derived key.
+    dispatch.unsubscribe = Some(workers::dispatch::UnsubscribeLinks {
+        base_url: config.public_url.clone(),
+        mailto_domain: config.unsubscribe_mailto_domain.clone(),
+        key: app
+            .master_key
+            .derive(workers::seal::UNSUBSCRIBE_KEY_CONTEXT),
+    });
     let mut reports = workers::reports::ReportConfig::new(app.master_key.clone());
     reports.retry_schedule = d.callback_retry_schedule.clone();
     (

@@ -1,5 +1,5 @@
 //! The Message aggregate: one outbound email from the moment it is queued until it is
-//! sent, failed or cancelled. Every step is an event on the message's own stream
+//! sent, failed, cancelled or suppressed (every recipient on a suppression list). Every step is an event on the message's own stream
 //! ([`MESSAGE_STREAM`]), so the message's timeline is simply that stream.
 
 use std::collections::BTreeMap;
@@ -234,6 +234,28 @@ pub struct MessageFailed {
     pub at: DateTime<Utc>,
 }
 
+/// One recipient the dispatcher dropped because a suppression entry stopped it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressedRecipient {
+    /// As the message names it (to, cc or bcc).
+    pub address: String,
+    /// The reason of the entry that matched.
+    pub reason: crate::suppression::Reason,
+    /// Whether the entry was the tenant's own or global.
+    pub scope: crate::suppression::Scope,
+}
+
+/// Recipients dropped right before an SMTP transaction (or the file outbox) because they
+/// were suppressed for the message's category at that moment. With `all`, no recipient
+/// was left, nothing was sent and the message is final ([`MessageStatus::Suppressed`]);
+/// otherwise the rest were sent to in the same round, whose events follow this one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientsSuppressed {
+    pub recipients: Vec<SuppressedRecipient>,
+    pub all: bool,
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageCancelled {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +271,7 @@ pub enum MessageEvent {
     Deferred(MessageDeferred),
     Failed(MessageFailed),
     Cancelled(MessageCancelled),
+    Suppressed(RecipientsSuppressed),
 }
 
 /// What a dispatch round concluded.
@@ -265,10 +288,21 @@ pub enum MessageCommand {
         message: Box<MessageQueued>,
         now: DateTime<Utc>,
     },
-    /// The dispatcher reports one round: every relay tried, and the conclusion.
+    /// The dispatcher reports one round: the recipients it dropped as suppressed (only
+    /// some of them: `all` is false), every relay tried, and the conclusion.
     RecordDispatch {
+        suppressed: Option<RecipientsSuppressed>,
         attempts: Vec<DeliveryAttempted>,
         result: DispatchResult,
+    },
+    /// The dispatcher found every recipient suppressed: nothing is sent, and the message
+    /// ends [`MessageStatus::Suppressed`]. The check runs before each relay is tried, so
+    /// `attempts` holds the tries of the round at relays that did not answer before it
+    /// (usually none).
+    Suppress {
+        attempts: Vec<DeliveryAttempted>,
+        recipients: Vec<SuppressedRecipient>,
+        at: DateTime<Utc>,
     },
     Cancel {
         reason: Option<String>,
@@ -285,6 +319,8 @@ pub enum MessageStatus {
     Sent,
     Failed,
     Cancelled,
+    /// Every recipient was suppressed when it was due; nothing was sent.
+    Suppressed,
 }
 
 impl MessageStatus {
@@ -295,6 +331,7 @@ impl MessageStatus {
             MessageStatus::Sent => "sent",
             MessageStatus::Failed => "failed",
             MessageStatus::Cancelled => "cancelled",
+            MessageStatus::Suppressed => "suppressed",
         }
     }
 
@@ -305,6 +342,7 @@ impl MessageStatus {
             "sent" => Some(MessageStatus::Sent),
             "failed" => Some(MessageStatus::Failed),
             "cancelled" => Some(MessageStatus::Cancelled),
+            "suppressed" => Some(MessageStatus::Suppressed),
             _ => None,
         }
     }
@@ -313,7 +351,10 @@ impl MessageStatus {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            MessageStatus::Sent | MessageStatus::Failed | MessageStatus::Cancelled
+            MessageStatus::Sent
+                | MessageStatus::Failed
+                | MessageStatus::Cancelled
+                | MessageStatus::Suppressed
         )
     }
 }
@@ -337,6 +378,11 @@ pub fn apply(state: &mut MessageState, event: &MessageEvent) {
         MessageEvent::Deferred(_) => state.status = MessageStatus::Deferred,
         MessageEvent::Failed(_) => state.status = MessageStatus::Failed,
         MessageEvent::Cancelled(_) => state.status = MessageStatus::Cancelled,
+        MessageEvent::Suppressed(s) => {
+            if s.all {
+                state.status = MessageStatus::Suppressed;
+            }
+        }
     }
 }
 
@@ -352,9 +398,27 @@ pub fn decide(state: &MessageState, cmd: MessageCommand) -> Result<Vec<MessageEv
             }
             Ok(vec![MessageEvent::Queued(message)])
         }
-        MessageCommand::RecordDispatch { attempts, result } => {
+        MessageCommand::RecordDispatch {
+            suppressed,
+            attempts,
+            result,
+        } => {
             if !state.exists {
                 return Err(DomainError::MessageNotFound);
+            }
+            // A round that went on to a relay left someone to send to: "all suppressed" is
+            // the Suppress command's, and an empty list is no fact at all.
+            if let Some(s) = &suppressed {
+                if s.all || s.recipients.is_empty() {
+                    return Err(DomainError::Validation {
+                        fields: vec![FieldError {
+                            field: "suppressed".into(),
+                            message: "a dispatched round suppresses some recipients, not none \
+                                      or all"
+                                .into(),
+                        }],
+                    });
+                }
             }
             // A relay's 250 is a fact even if a cancel slipped in while the message was on
             // the wire; anything else after a final state is refused.
@@ -364,13 +428,48 @@ pub fn decide(state: &MessageState, cmd: MessageCommand) -> Result<Vec<MessageEv
                     status: state.status.as_str().to_string(),
                 });
             }
-            let mut events: Vec<MessageEvent> =
-                attempts.into_iter().map(MessageEvent::Attempted).collect();
+            let mut events: Vec<MessageEvent> = suppressed
+                .map(MessageEvent::Suppressed)
+                .into_iter()
+                .chain(attempts.into_iter().map(MessageEvent::Attempted))
+                .collect();
             events.push(match result {
                 DispatchResult::Sent(s) => MessageEvent::Sent(s),
                 DispatchResult::Deferred(d) => MessageEvent::Deferred(d),
                 DispatchResult::Failed(f) => MessageEvent::Failed(f),
             });
+            Ok(events)
+        }
+        MessageCommand::Suppress {
+            attempts,
+            recipients,
+            at,
+        } => {
+            if !state.exists {
+                return Err(DomainError::MessageNotFound);
+            }
+            // Unlike a late 250, nothing left the building: a message that became final
+            // meanwhile (a cancel) stays as it is.
+            if state.status.is_final() {
+                return Err(DomainError::MessageFinal {
+                    status: state.status.as_str().to_string(),
+                });
+            }
+            if recipients.is_empty() {
+                return Err(DomainError::Validation {
+                    fields: vec![FieldError {
+                        field: "recipients".into(),
+                        message: "at least one suppressed recipient is required".into(),
+                    }],
+                });
+            }
+            let mut events: Vec<MessageEvent> =
+                attempts.into_iter().map(MessageEvent::Attempted).collect();
+            events.push(MessageEvent::Suppressed(RecipientsSuppressed {
+                recipients,
+                all: true,
+                at,
+            }));
             Ok(events)
         }
         MessageCommand::Cancel { reason, now } => {
@@ -615,6 +714,7 @@ pub const MESSAGE_SENT: &str = "MessageSent";
 pub const MESSAGE_DEFERRED: &str = "MessageDeferred";
 pub const MESSAGE_FAILED: &str = "MessageFailed";
 pub const MESSAGE_CANCELLED: &str = "MessageCancelled";
+pub const RECIPIENTS_SUPPRESSED: &str = "RecipientsSuppressed";
 
 /// Every event type of the message stream.
 pub fn message_event_types() -> &'static [&'static str] {
@@ -625,6 +725,7 @@ pub fn message_event_types() -> &'static [&'static str] {
         MESSAGE_DEFERRED,
         MESSAGE_FAILED,
         MESSAGE_CANCELLED,
+        RECIPIENTS_SUPPRESSED,
     ]
 }
 
@@ -637,6 +738,7 @@ impl DomainEvent for MessageEvent {
             MessageEvent::Deferred(_) => MESSAGE_DEFERRED,
             MessageEvent::Failed(_) => MESSAGE_FAILED,
             MessageEvent::Cancelled(_) => MESSAGE_CANCELLED,
+            MessageEvent::Suppressed(_) => RECIPIENTS_SUPPRESSED,
         }
     }
 
@@ -652,6 +754,7 @@ impl DomainEvent for MessageEvent {
             MessageEvent::Deferred(p) => to_json(p),
             MessageEvent::Failed(p) => to_json(p),
             MessageEvent::Cancelled(p) => to_json(p),
+            MessageEvent::Suppressed(p) => to_json(p),
         }
     }
 
@@ -665,6 +768,7 @@ impl DomainEvent for MessageEvent {
             MESSAGE_DEFERRED => MessageEvent::Deferred(from_json(t, payload)?),
             MESSAGE_FAILED => MessageEvent::Failed(from_json(t, payload)?),
             MESSAGE_CANCELLED => MessageEvent::Cancelled(from_json(t, payload)?),
+            RECIPIENTS_SUPPRESSED => MessageEvent::Suppressed(from_json(t, payload)?),
             _ => return Err(unknown_type(event_type)),
         })
     }
@@ -706,6 +810,33 @@ impl DomainEvent for MessageEvent {
                 Some(r) => format!("Message cancelled: {r}"),
                 None => "Message cancelled".to_string(),
             },
+            // Masked: the audit line must not spell a recipient out.
+            MessageEvent::Suppressed(s) => {
+                let who: Vec<String> = s
+                    .recipients
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} ({}, {})",
+                            crate::suppression::mask(&r.address),
+                            r.reason.as_str(),
+                            r.scope.as_str()
+                        )
+                    })
+                    .collect();
+                if s.all {
+                    format!(
+                        "Message suppressed: every recipient is suppressed: {}",
+                        who.join(", ")
+                    )
+                } else {
+                    format!(
+                        "{} recipient(s) suppressed and left out: {}",
+                        s.recipients.len(),
+                        who.join(", ")
+                    )
+                }
+            }
         }
     }
 }
@@ -833,6 +964,7 @@ mod tests {
         let round = decide(
             &state,
             MessageCommand::RecordDispatch {
+                suppressed: None,
                 attempts: vec![
                     attempt(AttemptOutcome::Unreachable, 0),
                     attempt(AttemptOutcome::Sent, 250),
@@ -885,6 +1017,7 @@ mod tests {
         let deferred = decide(
             &state,
             MessageCommand::RecordDispatch {
+                suppressed: None,
                 attempts: vec![],
                 result: DispatchResult::Deferred(MessageDeferred {
                     reason: "451".into(),
@@ -897,6 +1030,7 @@ mod tests {
         let sent = decide(
             &state,
             MessageCommand::RecordDispatch {
+                suppressed: None,
                 attempts: vec![attempt(AttemptOutcome::Sent, 250)],
                 result: DispatchResult::Sent(MessageSent {
                     relay_id: None,
@@ -934,6 +1068,235 @@ mod tests {
         }
         assert!(MessageEvent::decode("Nope", 1, b"{}").is_err());
         assert!(MessageEvent::decode(MESSAGE_SENT, 2, b"{}").is_err());
+    }
+
+    fn suppressed(address: &str) -> SuppressedRecipient {
+        SuppressedRecipient {
+            address: address.into(),
+            reason: crate::suppression::Reason::Unsubscribe,
+            scope: crate::suppression::Scope::Tenant,
+        }
+    }
+
+    fn sent_result() -> DispatchResult {
+        DispatchResult::Sent(MessageSent {
+            relay_id: None,
+            relay: "primary".into(),
+            reply: "ok".into(),
+            at: at(2),
+        })
+    }
+
+    #[test]
+    fn every_recipient_suppressed_ends_the_message_suppressed() {
+        let mut events = queued();
+        let round = decide(
+            &fold(&events),
+            MessageCommand::Suppress {
+                attempts: vec![],
+                recipients: vec![suppressed("ada@example.test")],
+                at: at(1),
+            },
+        )
+        .unwrap();
+        assert_eq!(event_types_of(&round), [RECIPIENTS_SUPPRESSED]);
+        let MessageEvent::Suppressed(s) = &round[0] else {
+            panic!("expected RecipientsSuppressed")
+        };
+        assert!(s.all);
+        events.extend(round);
+        let state = fold(&events);
+        assert_eq!(state.status, MessageStatus::Suppressed);
+        assert!(state.status.is_final());
+        // Final: no cancel, no later round, not even a 250 (unlike after a cancel).
+        for cmd in [
+            MessageCommand::Cancel {
+                reason: None,
+                now: at(3),
+            },
+            MessageCommand::RecordDispatch {
+                suppressed: None,
+                attempts: vec![attempt(AttemptOutcome::Sent, 250)],
+                result: sent_result(),
+            },
+            MessageCommand::Suppress {
+                attempts: vec![],
+                recipients: vec![suppressed("ada@example.test")],
+                at: at(3),
+            },
+        ] {
+            assert_eq!(
+                decide(&state, cmd).unwrap_err().code(),
+                "MESSAGE_ALREADY_FINAL"
+            );
+        }
+    }
+
+    #[test]
+    fn suppressing_needs_a_live_message_and_someone_to_suppress() {
+        let none = decide(
+            &MessageState::default(),
+            MessageCommand::Suppress {
+                attempts: vec![],
+                recipients: vec![suppressed("ada@example.test")],
+                at: at(1),
+            },
+        );
+        assert_eq!(none.unwrap_err(), DomainError::MessageNotFound);
+        let empty = decide(
+            &fold(&queued()),
+            MessageCommand::Suppress {
+                attempts: vec![],
+                recipients: vec![],
+                at: at(1),
+            },
+        );
+        assert_eq!(empty.unwrap_err().code(), "VALIDATION_FAILED");
+        let mut events = queued();
+        events.extend(
+            decide(
+                &fold(&events),
+                MessageCommand::Cancel {
+                    reason: None,
+                    now: at(1),
+                },
+            )
+            .unwrap(),
+        );
+        let after_cancel = decide(
+            &fold(&events),
+            MessageCommand::Suppress {
+                attempts: vec![],
+                recipients: vec![suppressed("ada@example.test")],
+                at: at(2),
+            },
+        );
+        assert_eq!(after_cancel.unwrap_err().code(), "MESSAGE_ALREADY_FINAL");
+    }
+
+    #[test]
+    fn tries_before_the_suppression_are_recorded_before_it() {
+        let mut events = queued();
+        let round = decide(
+            &fold(&events),
+            MessageCommand::Suppress {
+                attempts: vec![attempt(AttemptOutcome::Unreachable, 0)],
+                recipients: vec![suppressed("ada@example.test")],
+                at: at(2),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            event_types_of(&round),
+            [DELIVERY_ATTEMPTED, RECIPIENTS_SUPPRESSED]
+        );
+        events.extend(round);
+        let state = fold(&events);
+        assert_eq!((state.status, state.rounds), (MessageStatus::Suppressed, 1));
+    }
+
+    #[test]
+    fn a_partial_suppression_goes_first_in_the_round_and_the_rest_is_sent() {
+        let mut events = queued();
+        let partial = RecipientsSuppressed {
+            recipients: vec![suppressed("cc@example.test")],
+            all: false,
+            at: at(1),
+        };
+        let round = decide(
+            &fold(&events),
+            MessageCommand::RecordDispatch {
+                suppressed: Some(partial.clone()),
+                attempts: vec![attempt(AttemptOutcome::Sent, 250)],
+                result: sent_result(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            event_types_of(&round),
+            [RECIPIENTS_SUPPRESSED, DELIVERY_ATTEMPTED, MESSAGE_SENT]
+        );
+        // A partial suppression alone changes nothing about the status.
+        let mut state = fold(&events);
+        apply(&mut state, &MessageEvent::Suppressed(partial.clone()));
+        assert_eq!(state.status, MessageStatus::Queued);
+        events.extend(round);
+        assert_eq!(fold(&events).status, MessageStatus::Sent);
+        // "All" or nobody cannot come with a dispatched round.
+        for bad in [
+            RecipientsSuppressed {
+                all: true,
+                ..partial.clone()
+            },
+            RecipientsSuppressed {
+                recipients: vec![],
+                ..partial
+            },
+        ] {
+            let err = decide(
+                &fold(&queued()),
+                MessageCommand::RecordDispatch {
+                    suppressed: Some(bad),
+                    attempts: vec![],
+                    result: sent_result(),
+                },
+            );
+            assert_eq!(err.unwrap_err().code(), "VALIDATION_FAILED");
+        }
+    }
+
+    #[test]
+    fn the_suppression_event_round_trips_and_its_summary_masks_addresses() {
+        let e = MessageEvent::Suppressed(RecipientsSuppressed {
+            recipients: vec![
+                suppressed("secretname@example.test"),
+                SuppressedRecipient {
+                    address: "other.person@example.org".into(),
+                    reason: crate::suppression::Reason::HardBounce,
+                    scope: crate::suppression::Scope::Global,
+                },
+            ],
+            all: true,
+            at: at(5),
+        });
+        assert_eq!(e.event_type(), "RecipientsSuppressed");
+        assert_eq!(e.schema_version(), 1);
+        let json: serde_json::Value = serde_json::from_slice(&e.encode()).unwrap();
+        assert_eq!(json["recipients"][0]["reason"], "unsubscribe");
+        assert_eq!(json["recipients"][1]["scope"], "global");
+        assert_eq!(json["all"], true);
+        let back = MessageEvent::decode(e.event_type(), 1, &e.encode()).unwrap();
+        assert_eq!(back, e);
+        let summary = e.summary();
+        assert!(!summary.contains("secretname"), "{summary}");
+        assert!(!summary.contains("other.person"), "{summary}");
+        assert!(summary.contains("s***@example.test"), "{summary}");
+        assert!(summary.contains("hard_bounce") && summary.contains("global"));
+        assert!(message_event_types().contains(&RECIPIENTS_SUPPRESSED));
+    }
+
+    #[test]
+    fn the_suppressed_status_has_a_stable_name() {
+        assert_eq!(MessageStatus::Suppressed.as_str(), "suppressed");
+        assert_eq!(
+            MessageStatus::parse("suppressed"),
+            Some(MessageStatus::Suppressed)
+        );
+        for s in [
+            MessageStatus::Queued,
+            MessageStatus::Deferred,
+            MessageStatus::Sent,
+            MessageStatus::Failed,
+            MessageStatus::Cancelled,
+            MessageStatus::Suppressed,
+        ] {
+            assert_eq!(MessageStatus::parse(s.as_str()), Some(s));
+        }
+        assert!(!MessageStatus::Deferred.is_final());
+    }
+
+    fn event_types_of(events: &[MessageEvent]) -> Vec<&'static str> {
+        events.iter().map(|e| e.event_type()).collect()
     }
 
     #[test]

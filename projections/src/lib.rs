@@ -9,6 +9,7 @@
 //! - `mail_settings`: sender profiles, relays (without secrets) and callbacks per tenant.
 //! - `messages`: each message's current state and the filtered, newest-first listing.
 //! - `templates`: each template with all its versions (the domain's own fold).
+//! - `signals`: per-tenant counts of sends and signals (complaint and bounce rates).
 //! - `suppressions`: suppression entries per tenant and global, matched exactly or
 //!   plus/Gmail-normalised.
 //!
@@ -20,6 +21,7 @@ pub mod mail_settings;
 pub mod messages;
 mod model;
 mod runner;
+pub mod signals;
 pub mod suppressions;
 pub mod templates;
 pub mod tenants;
@@ -38,6 +40,7 @@ pub fn all() -> Vec<Arc<dyn Projector>> {
         Arc::new(messages::MessagesProjector),
         Arc::new(templates::TemplatesProjector),
         Arc::new(suppressions::SuppressionsProjector),
+        Arc::new(signals::SignalsProjector),
     ]
 }
 

@@ -163,6 +163,13 @@ impl Projector for MessagesProjector {
                 view.status = "cancelled".into();
                 view.next_attempt_at_us = None;
             }
+            // Only "every recipient" ends the message; a partial suppression is followed
+            // by the round's own events, which set the status.
+            MessageEvent::Suppressed(s) if s.all => {
+                view.status = "suppressed".into();
+                view.next_attempt_at_us = None;
+            }
+            MessageEvent::Suppressed(_) => {}
         }
         view.updated_at_us = at;
         view.version = e.version;
@@ -275,4 +282,153 @@ fn position_of(order_key: &[u8]) -> u64 {
         b.copy_from_slice(&order_key[n - 8..]);
     }
     u64::MAX - u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use domain::message::{
+        self, Category, DispatchResult, Mailbox, MessageCommand, MessageEvent, MessageQueued,
+        MessageSent, MessageState, Priority, RecipientsSuppressed, SuppressedRecipient,
+    };
+    use domain::suppression::{Reason, Scope};
+    use domain::DomainEvent;
+    use eventlog::{Actor, EventLog, ExpectedVersion, Metadata, NewEvent, Options, StreamId};
+
+    use super::*;
+    use crate::Projections;
+
+    fn mailbox(e: &str) -> Mailbox {
+        Mailbox {
+            email: e.into(),
+            name: None,
+        }
+    }
+
+    fn queued(to: &[&str]) -> MessageQueued {
+        MessageQueued {
+            message_id: Uuid::now_v7(),
+            sender_id: Uuid::now_v7(),
+            from: mailbox("news@example.test"),
+            reply_to: None,
+            to: to.iter().map(|t| mailbox(t)).collect(),
+            cc: vec![],
+            bcc: vec![],
+            subject: "Hello".into(),
+            html: None,
+            text: Some("Hi".into()),
+            html_blob: None,
+            text_blob: None,
+            headers: Default::default(),
+            tags: vec![],
+            metadata: serde_json::Value::Null,
+            attachments: vec![],
+            priority: Priority::Normal,
+            category: Category::Marketing,
+            scheduled_at: None,
+            idempotency_key: None,
+            request_digest: "00".into(),
+            queued_at: Utc::now(),
+            template: None,
+        }
+    }
+
+    fn gone(address: &str) -> SuppressedRecipient {
+        SuppressedRecipient {
+            address: address.into(),
+            reason: Reason::Unsubscribe,
+            scope: Scope::Tenant,
+        }
+    }
+
+    /// Decides each command against the stream so far and appends the events.
+    async fn run(log: &EventLog, tenant: Uuid, m: MessageQueued, then: MessageCommand) -> Uuid {
+        let id = m.message_id;
+        let stream = StreamId::new(MESSAGE_STREAM, id.to_string());
+        let mut state = MessageState::default();
+        let queue = MessageCommand::Queue {
+            message: Box::new(m),
+            now: Utc::now(),
+        };
+        for cmd in [queue, then] {
+            let events = message::decide(&state, cmd).unwrap();
+            for e in &events {
+                message::apply(&mut state, e);
+            }
+            let new = events
+                .iter()
+                .map(|e: &MessageEvent| NewEvent::new(e.event_type(), 1, e.encode()))
+                .collect();
+            log.append(
+                tenant,
+                stream.clone(),
+                ExpectedVersion::Any,
+                new,
+                Metadata::new(Actor::System("test".into()), Uuid::now_v7()),
+            )
+            .await
+            .unwrap();
+        }
+        id
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_suppressed_message_is_final_and_a_partial_suppression_leaves_the_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), Options::new([3u8; 32])).unwrap();
+        let tenant = Uuid::now_v7();
+        let all = run(
+            &log,
+            tenant,
+            queued(&["a@example.test"]),
+            MessageCommand::Suppress {
+                attempts: vec![],
+                recipients: vec![gone("a@example.test")],
+                at: Utc::now(),
+            },
+        )
+        .await;
+        let partial = run(
+            &log,
+            tenant,
+            queued(&["a@example.test", "b@example.test"]),
+            MessageCommand::RecordDispatch {
+                suppressed: Some(RecipientsSuppressed {
+                    recipients: vec![gone("a@example.test")],
+                    all: false,
+                    at: Utc::now(),
+                }),
+                attempts: vec![],
+                result: DispatchResult::Sent(MessageSent {
+                    relay_id: None,
+                    relay: "sink".into(),
+                    reply: "ok".into(),
+                    at: Utc::now(),
+                }),
+            },
+        )
+        .await;
+        let p = Projections::start(log.clone(), vec![Arc::new(MessagesProjector)]).unwrap();
+        assert!(p.wait_for(log.head(), Duration::from_secs(10)).await);
+        let messages = Messages::new(p.model(NAME).unwrap());
+        let v = messages.get(tenant, all).unwrap().unwrap();
+        assert_eq!(
+            (v.status.as_str(), v.next_attempt_at_us),
+            ("suppressed", None)
+        );
+        assert_eq!(v.version, 2);
+        let v = messages.get(tenant, partial).unwrap().unwrap();
+        assert_eq!(v.status, "sent");
+        let filter = MessageFilter {
+            status: Some("suppressed".into()),
+            ..MessageFilter::default()
+        };
+        let page = messages.list(tenant, &filter, None, 10).unwrap();
+        let ids: Vec<Uuid> = page.items.iter().map(|v| v.id).collect();
+        assert_eq!(ids, [all]);
+        p.stop().await;
+    }
 }

@@ -1,32 +1,849 @@
-//! Suppressions read model (being written).
+//! Suppression entries of every tenant, and the global ones (partition [`GLOBAL_TENANT`]),
+//! for the API and for the check a send makes.
+//!
+//! Keys (`<p>` is the 16 bytes of the partition: the tenant id, or nil for global entries):
+//! - `e/<p>/<address>` → the entry ([`Stored`], bincode), in address order for listing;
+//! - `c/<p>/<canonical address>\0<address>` → `()`: the plus/Gmail-normalised index, so
+//!   that with plus addressing on, `a+x@example.com` and `A.B@googlemail.com` find entries
+//!   stored as `a@example.com` and `ab@gmail.com`;
+//! - `n/<p>` → `u64`: how many entries the partition holds, kept in the same batch.
+//!
+//! A look-up is one or two sled reads per partition: a point get of the exact address (or,
+//! with plus addressing, a one-item range read of the canonical index), and only on a hit a
+//! read of the entry, whose first bytes (what mail it stops, until when) are decoded without
+//! allocating.
+use chrono::{DateTime, Utc};
+use domain::message::Category;
+use domain::suppression::{
+    AppliesTo, Reason, Scope, Source, Suppression, SuppressionEvent, GLOBAL_TENANT,
+    SUPPRESSION_IMPORT_STREAM, SUPPRESSION_STREAM,
+};
+use domain::DomainEvent;
 use eventlog::RecordedEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{ModelRead, ModelWrite};
 use crate::runner::Projector;
 
 pub const NAME: &str = "suppressions";
 
+/// Entries a `list` call reads at most, matching or not, before it hands back a cursor.
+pub const SCAN_BUDGET: usize = 20_000;
+
+/// The longest address SMTP carries; the same limit as `inbound::address::MAX_LEN`.
+const MAX_LEN: usize = 254;
+
+/// Normalises `email` for matching, exactly as `inbound::address::normalise` does (the api
+/// crate tests that the two agree): trimmed and lower-cased; with `plus_addressing`, a
+/// `+tag` is dropped and Gmail's dots and `googlemail.com` are folded. `None` when it is
+/// not a plausible address.
+pub fn normalise(email: &str, plus_addressing: bool) -> Option<String> {
+    let email = email.trim();
+    if email.is_empty() || email.len() > MAX_LEN {
+        return None;
+    }
+    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let (local, domain) = email.split_once('@')?;
+    if local.is_empty() || domain.is_empty() || domain.contains('@') {
+        return None;
+    }
+    if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
+        return None;
+    }
+    let mut local = local.to_lowercase();
+    let mut domain = domain.to_lowercase();
+    if plus_addressing {
+        if let Some((base, _tag)) = local.split_once('+') {
+            if !base.is_empty() {
+                local = base.to_string();
+            }
+        }
+        if domain == "gmail.com" || domain == "googlemail.com" {
+            domain = "gmail.com".to_string();
+            let undotted: String = local.chars().filter(|c| *c != '.').collect();
+            if !undotted.is_empty() {
+                local = undotted;
+            }
+        }
+    }
+    let normalised = format!("{local}@{domain}");
+    (normalised.len() <= MAX_LEN).then_some(normalised)
+}
+
+fn partition_key(tag: u8, partition: Uuid, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(19 + extra);
+    k.push(tag);
+    k.push(b'/');
+    k.extend_from_slice(partition.as_bytes());
+    k.push(b'/');
+    k
+}
+
+/// `e/<p>/<address>`.
+pub fn entry_key(partition: Uuid, address: &str) -> Vec<u8> {
+    let mut k = partition_key(b'e', partition, address.len());
+    k.extend_from_slice(address.as_bytes());
+    k
+}
+
+/// `c/<p>/<canonical>\0` (the prefix of every index key of that canonical address).
+fn canonical_prefix(partition: Uuid, canonical: &str) -> Vec<u8> {
+    let mut k = partition_key(b'c', partition, canonical.len() + 1);
+    k.extend_from_slice(canonical.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `c/<p>/<normalise(address, true)>\0<address>`; `None` for an implausible address.
+pub fn canonical_key(partition: Uuid, address: &str) -> Option<Vec<u8>> {
+    let canonical = normalise(address, true)?;
+    let mut k = canonical_prefix(partition, &canonical);
+    k.extend_from_slice(address.as_bytes());
+    Some(k)
+}
+
+fn count_key(partition: Uuid) -> Vec<u8> {
+    let mut k = partition_key(b'n', partition, 0);
+    k.pop();
+    k
+}
+
+/// The stored form of an entry. bincode cannot carry the domain type's skipped optional
+/// fields, so it is mirrored field for field. The first two fields are what a look-up
+/// needs: [`Head`] decodes just them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    applies_to: AppliesTo,
+    expires_at_us: Option<i64>,
+    address: String,
+    scope: Scope,
+    reason: Reason,
+    source: Source,
+    created_by: String,
+    created_at_us: i64,
+    note: Option<String>,
+    message_id: Option<Uuid>,
+}
+
+/// The leading fields of [`Stored`]: decoding them allocates nothing.
+#[derive(Deserialize)]
+struct Head {
+    applies_to: AppliesTo,
+    expires_at_us: Option<i64>,
+}
+
+impl Head {
+    fn blocks(&self, category: Category, now_us: i64) -> bool {
+        self.expires_at_us.is_none_or(|e| e > now_us)
+            && (self.applies_to == AppliesTo::All || category == Category::Marketing)
+    }
+}
+
+fn time(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+impl From<&Suppression> for Stored {
+    fn from(s: &Suppression) -> Self {
+        Stored {
+            applies_to: s.applies_to,
+            expires_at_us: s.expires_at.map(|t| t.timestamp_micros()),
+            address: s.address.clone(),
+            scope: s.scope,
+            reason: s.reason,
+            source: s.source,
+            created_by: s.created_by.clone(),
+            created_at_us: s.created_at.timestamp_micros(),
+            note: s.note.clone(),
+            message_id: s.message_id,
+        }
+    }
+}
+
+impl From<Stored> for Suppression {
+    fn from(s: Stored) -> Self {
+        Suppression {
+            address: s.address,
+            scope: s.scope,
+            reason: s.reason,
+            applies_to: s.applies_to,
+            source: s.source,
+            created_by: s.created_by,
+            created_at: time(s.created_at_us),
+            expires_at: s.expires_at_us.map(time),
+            note: s.note,
+            message_id: s.message_id,
+        }
+    }
+}
+
 pub struct SuppressionsProjector;
+
+impl SuppressionsProjector {
+    /// Puts one entry; returns whether the address is new in the partition.
+    fn put(model: &mut ModelWrite<'_>, partition: Uuid, s: &Suppression) -> Result<bool> {
+        let ek = entry_key(partition, &s.address);
+        let new = model.get::<()>(&ek)?.is_none();
+        model.put(&ek, &Stored::from(s))?;
+        if new {
+            if let Some(ck) = canonical_key(partition, &s.address) {
+                model.put(&ck, &())?;
+            }
+        }
+        Ok(new)
+    }
+
+    fn add_to_count(model: &mut ModelWrite<'_>, partition: Uuid, delta: i64) -> Result<()> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let k = count_key(partition);
+        let n = model.get::<u64>(&k)?.unwrap_or(0);
+        let n = if delta < 0 {
+            n.saturating_sub(delta.unsigned_abs())
+        } else {
+            n.saturating_add(delta.unsigned_abs())
+        };
+        model.put(&k, &n)
+    }
+}
 
 impl Projector for SuppressionsProjector {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn apply(&self, _e: &RecordedEvent, _model: &mut ModelWrite<'_>) -> Result<()> {
-        Ok(())
+    fn apply(&self, e: &RecordedEvent, model: &mut ModelWrite<'_>) -> Result<()> {
+        if e.stream.kind != SUPPRESSION_STREAM && e.stream.kind != SUPPRESSION_IMPORT_STREAM {
+            return Ok(());
+        }
+        let event = SuppressionEvent::decode(&e.event_type, e.schema_version, &e.payload).map_err(
+            |err| Error::Apply {
+                projector: NAME.into(),
+                position: e.position,
+                reason: err.to_string(),
+            },
+        )?;
+        let partition = e.tenant;
+        match event {
+            SuppressionEvent::Added(s) => {
+                let new = Self::put(model, partition, &s)?;
+                Self::add_to_count(model, partition, i64::from(new))
+            }
+            SuppressionEvent::Imported(i) => {
+                let mut added = 0i64;
+                for s in &i.entries {
+                    if Self::put(model, partition, s)? {
+                        added += 1;
+                    }
+                }
+                Self::add_to_count(model, partition, added)
+            }
+            SuppressionEvent::Removed(r) => {
+                let ek = entry_key(partition, &r.address);
+                if model.get::<()>(&ek)?.is_some() {
+                    model.remove(&ek);
+                    if let Some(ck) = canonical_key(partition, &r.address) {
+                        model.remove(&ck);
+                    }
+                    Self::add_to_count(model, partition, -1)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
+/// Which entries a listing shows; every field that is set must match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SuppressionFilter {
+    pub reason: Option<Reason>,
+    pub source: Option<Source>,
+    pub applies_to: Option<AppliesTo>,
+    /// Lower-cased by the caller; entries whose address starts with it.
+    pub address_prefix: Option<String>,
+}
+
+impl SuppressionFilter {
+    fn matches(&self, s: &Stored) -> bool {
+        self.reason.is_none_or(|r| r == s.reason)
+            && self.source.is_none_or(|r| r == s.source)
+            && self.applies_to.is_none_or(|a| a == s.applies_to)
+    }
+}
+
+/// One page of a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SuppressionPage {
+    pub entries: Vec<Suppression>,
+    /// Where the next page starts (exclusive), when more entries may follow: the last
+    /// address returned, or the last one read when the scan budget ran out first.
+    pub next_after: Option<String>,
+}
+
+/// Queries over the model. Every call names one partition (a tenant, or
+/// [`GLOBAL_TENANT`]); only [`SuppressionsRead::lookup`] reads two (the tenant's and the
+/// global one).
 #[derive(Clone)]
 pub struct SuppressionsRead {
-    #[allow(dead_code)]
     model: ModelRead,
 }
 
 impl SuppressionsRead {
     pub fn new(model: ModelRead) -> Self {
         SuppressionsRead { model }
+    }
+
+    /// The entry stored under exactly `address` (lower-cased here), expired or not.
+    pub fn get(&self, partition: Uuid, address: &str) -> Result<Option<Suppression>> {
+        let Some(address) = normalise(address, false) else {
+            return Ok(None);
+        };
+        Ok(self
+            .model
+            .get::<Stored>(&entry_key(partition, &address))?
+            .map(Suppression::from))
+    }
+
+    /// Addresses stored in `partition` whose canonical form is `canonical`.
+    fn canonical_matches(&self, partition: Uuid, canonical: &str) -> Result<Vec<String>> {
+        let prefix = canonical_prefix(partition, canonical);
+        let keys = self.model.scan::<()>(&prefix, None, 64)?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|(k, ())| {
+                k.get(prefix.len()..)
+                    .and_then(|a| std::str::from_utf8(a).ok())
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+
+    /// The first entry among `addresses` of `partition` that stops `category` at `now`.
+    fn first_blocking(
+        &self,
+        partition: Uuid,
+        addresses: impl IntoIterator<Item = String>,
+        category: Category,
+        now_us: i64,
+    ) -> Result<Option<Suppression>> {
+        for a in addresses {
+            let k = entry_key(partition, &a);
+            let blocks = self
+                .model
+                .get::<Head>(&k)?
+                .is_some_and(|h| h.blocks(category, now_us));
+            if blocks {
+                return Ok(self.model.get::<Stored>(&k)?.map(Suppression::from));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The entry that stops mail of `category` to `address` at `now`, if any: the tenant's
+    /// own first, then a global one. The address always matches exactly (case aside); with
+    /// `plus_addressing` it also matches through the canonical index.
+    pub fn lookup(
+        &self,
+        tenant: Uuid,
+        address: &str,
+        plus_addressing: bool,
+        category: Category,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Suppression>> {
+        let Some(exact) = normalise(address, false) else {
+            return Ok(None);
+        };
+        let canonical = if plus_addressing {
+            normalise(&exact, true)
+        } else {
+            None
+        };
+        let now_us = now.timestamp_micros();
+        let partitions: &[Uuid] = if tenant == GLOBAL_TENANT {
+            &[GLOBAL_TENANT]
+        } else {
+            &[tenant, GLOBAL_TENANT]
+        };
+        for &p in partitions {
+            let found = match &canonical {
+                // The canonical index holds every entry, the exact one included.
+                Some(c) => {
+                    self.first_blocking(p, self.canonical_matches(p, c)?, category, now_us)?
+                }
+                None => self.first_blocking(p, [exact.clone()], category, now_us)?,
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every entry of `partition` that `address` matches (exactly, and with
+    /// `plus_addressing` through the canonical index), expired ones included; the exact
+    /// one first.
+    pub fn matches(
+        &self,
+        partition: Uuid,
+        address: &str,
+        plus_addressing: bool,
+    ) -> Result<Vec<Suppression>> {
+        let Some(exact) = normalise(address, false) else {
+            return Ok(Vec::new());
+        };
+        let mut addresses = vec![exact.clone()];
+        if plus_addressing {
+            if let Some(c) = normalise(&exact, true) {
+                addresses.extend(
+                    self.canonical_matches(partition, &c)?
+                        .into_iter()
+                        .filter(|a| *a != exact),
+                );
+            }
+        }
+        let mut out = Vec::new();
+        for a in addresses {
+            if let Some(s) = self.model.get::<Stored>(&entry_key(partition, &a))? {
+                out.push(Suppression::from(s));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries of `partition` in address order, after `after` (exclusive), at most `first`
+    /// that match `filter`. Reads at most [`SCAN_BUDGET`] entries.
+    pub fn list(
+        &self,
+        partition: Uuid,
+        filter: &SuppressionFilter,
+        after: Option<&str>,
+        first: usize,
+    ) -> Result<SuppressionPage> {
+        let address_prefix = filter.address_prefix.as_deref().unwrap_or("");
+        let prefix = entry_key(partition, address_prefix);
+        // A cursor before the prefix's range would end the scan at once: start at the prefix.
+        let mut cursor = after
+            .filter(|a| *a >= address_prefix)
+            .map(|a| entry_key(partition, a));
+        let base = entry_key(partition, "").len();
+        let mut page = SuppressionPage::default();
+        let mut scanned = 0;
+        if first == 0 {
+            return Ok(page);
+        }
+        loop {
+            let want = (SCAN_BUDGET - scanned).min(512);
+            let batch = self
+                .model
+                .scan::<Stored>(&prefix, cursor.as_deref(), want)?;
+            let exhausted = batch.len() < want;
+            for (k, s) in batch {
+                scanned += 1;
+                let last = k.get(base..).and_then(|a| std::str::from_utf8(a).ok());
+                if filter.matches(&s) {
+                    page.entries.push(Suppression::from(s));
+                    if page.entries.len() >= first {
+                        page.next_after = last.map(str::to_string);
+                        return Ok(page);
+                    }
+                }
+                cursor = Some(k);
+            }
+            if exhausted {
+                return Ok(page);
+            }
+            if scanned >= SCAN_BUDGET {
+                page.next_after = cursor
+                    .as_deref()
+                    .and_then(|k| k.get(base..))
+                    .and_then(|a| std::str::from_utf8(a).ok())
+                    .map(str::to_string);
+                return Ok(page);
+            }
+        }
+    }
+
+    /// How many entries `partition` holds (expired ones included).
+    pub fn count(&self, partition: Uuid) -> Result<u64> {
+        Ok(self.model.get::<u64>(&count_key(partition))?.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use domain::suppression::{SuppressionRemoved, SuppressionsImported};
+    use eventlog::{Actor, StreamId};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).single().unwrap()
+    }
+
+    fn entry(address: &str) -> Suppression {
+        Suppression {
+            address: address.into(),
+            scope: Scope::Tenant,
+            reason: Reason::HardBounce,
+            applies_to: AppliesTo::All,
+            source: Source::Api,
+            created_by: "operator:operator".into(),
+            created_at: at(0),
+            expires_at: None,
+            note: Some("from a test".into()),
+            message_id: Some(Uuid::now_v7()),
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        tree: sled::Tree,
+        position: u64,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let tree = db.open_tree("rm.suppressions").unwrap();
+            Fixture {
+                _dir: dir,
+                tree,
+                position: 0,
+            }
+        }
+
+        fn apply(&mut self, partition: Uuid, events: &[SuppressionEvent]) {
+            let mut model = ModelWrite::new(&self.tree);
+            for ev in events {
+                self.position += 1;
+                let kind = match ev {
+                    SuppressionEvent::Imported(_) => SUPPRESSION_IMPORT_STREAM,
+                    _ => SUPPRESSION_STREAM,
+                };
+                let recorded = RecordedEvent {
+                    event_id: Uuid::now_v7(),
+                    tenant: partition,
+                    stream: StreamId::new(kind, partition.to_string()),
+                    version: self.position,
+                    tenant_seq: self.position,
+                    position: self.position,
+                    recorded_at_us: 0,
+                    actor: Actor::System("test".into()),
+                    correlation_id: Uuid::nil(),
+                    causation_id: None,
+                    event_type: ev.event_type().into(),
+                    schema_version: ev.schema_version(),
+                    payload_digest: [0; 32],
+                    hash: [0; 32],
+                    payload: ev.encode(),
+                };
+                SuppressionsProjector.apply(&recorded, &mut model).unwrap();
+            }
+            model.commit(self.position).unwrap();
+        }
+
+        fn read(&self) -> SuppressionsRead {
+            SuppressionsRead::new(ModelRead::new(self.tree.clone()))
+        }
+    }
+
+    fn removed(s: &Suppression) -> SuppressionEvent {
+        SuppressionEvent::Removed(Box::new(SuppressionRemoved {
+            address: s.address.clone(),
+            scope: s.scope,
+            removed_by: "operator:operator".into(),
+            note: "asked".into(),
+            removed_at: at(5),
+            original: s.clone(),
+        }))
+    }
+
+    #[test]
+    fn keys_have_the_documented_layout() {
+        let p = Uuid::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
+        let mut want = b"e/".to_vec();
+        want.extend_from_slice(p.as_bytes());
+        want.extend_from_slice(b"/a+x@example.com");
+        assert_eq!(entry_key(p, "a+x@example.com"), want);
+        let mut want = b"c/".to_vec();
+        want.extend_from_slice(p.as_bytes());
+        want.extend_from_slice(b"/ab@gmail.com\0a.b+news@googlemail.com");
+        assert_eq!(canonical_key(p, "a.b+news@googlemail.com").unwrap(), want);
+        let mut want = b"n/".to_vec();
+        want.extend_from_slice(p.as_bytes());
+        assert_eq!(count_key(p), want);
+        assert_eq!(canonical_key(p, "not an address"), None);
+    }
+
+    #[test]
+    fn stored_entries_round_trip_and_the_head_decodes_alone() {
+        let mut s = entry("a@example.com");
+        s.expires_at = Some(at(10));
+        s.applies_to = AppliesTo::Marketing;
+        let bytes = crate::model::encode(&Stored::from(&s)).unwrap();
+        let back: Stored = crate::model::decode(&bytes).unwrap();
+        assert_eq!(Suppression::from(back), s);
+        let head: Head = crate::model::decode(&bytes).unwrap();
+        assert!(head.blocks(Category::Marketing, at(9).timestamp_micros()));
+        assert!(!head.blocks(Category::Transactional, at(9).timestamp_micros()));
+        assert!(!head.blocks(Category::Marketing, at(10).timestamp_micros()));
+    }
+
+    #[test]
+    fn lookup_matches_exactly_and_canonically_only_with_plus_addressing() {
+        let tenant = Uuid::now_v7();
+        let mut f = Fixture::new();
+        f.apply(
+            tenant,
+            &[
+                SuppressionEvent::Added(entry("a@example.com")),
+                SuppressionEvent::Added(entry("ab@gmail.com")),
+            ],
+        );
+        let r = f.read();
+        let now = at(1);
+        let t = Category::Transactional;
+        // Exact, whatever the case.
+        assert!(r
+            .lookup(tenant, "A@Example.COM", false, t, now)
+            .unwrap()
+            .is_some());
+        assert!(r
+            .lookup(tenant, " a@example.com ", false, t, now)
+            .unwrap()
+            .is_some());
+        // Plus and Gmail spellings only with plus addressing.
+        for other in [
+            "a+x@example.com",
+            "A.B@googlemail.com",
+            "a.b+news@gmail.com",
+        ] {
+            assert!(
+                r.lookup(tenant, other, false, t, now).unwrap().is_none(),
+                "{other}"
+            );
+            let hit = r.lookup(tenant, other, true, t, now).unwrap();
+            assert!(hit.is_some(), "{other}");
+        }
+        assert_eq!(
+            r.lookup(tenant, "A.B@googlemail.com", true, t, now)
+                .unwrap()
+                .unwrap()
+                .address,
+            "ab@gmail.com"
+        );
+        // Not a tag: nothing before the `+`; other domains keep their dots.
+        assert!(r
+            .lookup(tenant, "a.b@example.com", true, t, now)
+            .unwrap()
+            .is_none());
+        assert!(r
+            .lookup(tenant, "b@example.com", true, t, now)
+            .unwrap()
+            .is_none());
+        assert!(r
+            .lookup(tenant, "not an address", true, t, now)
+            .unwrap()
+            .is_none());
+        // Another tenant sees none of it.
+        let other = Uuid::now_v7();
+        assert!(r
+            .lookup(other, "a@example.com", true, t, now)
+            .unwrap()
+            .is_none());
+        assert!(r.get(other, "a@example.com").unwrap().is_none());
+        assert_eq!(r.count(tenant).unwrap(), 2);
+        assert_eq!(r.count(other).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_stored_plus_address_is_found_from_its_base_and_siblings() {
+        let tenant = Uuid::now_v7();
+        let mut f = Fixture::new();
+        f.apply(
+            tenant,
+            &[SuppressionEvent::Added(entry("jane+news@example.com"))],
+        );
+        let r = f.read();
+        let t = Category::Transactional;
+        assert!(r
+            .lookup(tenant, "jane@example.com", false, t, at(1))
+            .unwrap()
+            .is_none());
+        assert!(r
+            .lookup(tenant, "jane@example.com", true, t, at(1))
+            .unwrap()
+            .is_some());
+        assert!(r
+            .lookup(tenant, "jane+other@example.com", true, t, at(1))
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            r.matches(tenant, "jane@example.com", true).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            r.matches(tenant, "jane@example.com", false).unwrap().len(),
+            0
+        );
+    }
+
+    #[test]
+    fn lookup_honours_category_expiry_and_global_entries() {
+        let tenant = Uuid::now_v7();
+        let mut f = Fixture::new();
+        let mut marketing = entry("m@example.com");
+        marketing.applies_to = AppliesTo::Marketing;
+        let mut expiring = entry("x@example.com");
+        expiring.expires_at = Some(at(10));
+        f.apply(
+            tenant,
+            &[
+                SuppressionEvent::Added(marketing),
+                SuppressionEvent::Added(expiring),
+            ],
+        );
+        let mut global = entry("g@example.com");
+        global.scope = Scope::Global;
+        f.apply(GLOBAL_TENANT, &[SuppressionEvent::Added(global)]);
+        let r = f.read();
+        let (t, m) = (Category::Transactional, Category::Marketing);
+        assert!(r
+            .lookup(tenant, "m@example.com", false, t, at(1))
+            .unwrap()
+            .is_none());
+        assert!(r
+            .lookup(tenant, "m@example.com", false, m, at(1))
+            .unwrap()
+            .is_some());
+        assert!(r
+            .lookup(tenant, "x@example.com", false, t, at(9))
+            .unwrap()
+            .is_some());
+        assert!(r
+            .lookup(tenant, "x@example.com", false, t, at(10))
+            .unwrap()
+            .is_none());
+        let g = r
+            .lookup(tenant, "G@example.com", false, t, at(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.scope, Scope::Global);
+        let other = Uuid::now_v7();
+        assert!(r
+            .lookup(other, "g@example.com", true, t, at(1))
+            .unwrap()
+            .is_some());
+        // The global entry is not in the tenant's own partition.
+        assert!(r.get(tenant, "g@example.com").unwrap().is_none());
+        assert_eq!(r.count(GLOBAL_TENANT).unwrap(), 1);
+    }
+
+    #[test]
+    fn removal_deletes_both_keys_and_imports_put_all() {
+        let tenant = Uuid::now_v7();
+        let mut f = Fixture::new();
+        let a = entry("a.b@gmail.com");
+        f.apply(tenant, &[SuppressionEvent::Added(a.clone())]);
+        // Adding again (changed) does not count twice.
+        let mut again = a.clone();
+        again.reason = Reason::Complaint;
+        f.apply(tenant, &[SuppressionEvent::Added(again)]);
+        assert_eq!(f.read().count(tenant).unwrap(), 1);
+        assert_eq!(
+            f.read()
+                .get(tenant, "a.b@gmail.com")
+                .unwrap()
+                .unwrap()
+                .reason,
+            Reason::Complaint
+        );
+        f.apply(tenant, &[removed(&a)]);
+        let r = f.read();
+        assert!(r.get(tenant, "a.b@gmail.com").unwrap().is_none());
+        assert!(r
+            .lookup(tenant, "ab@gmail.com", true, Category::Transactional, at(6))
+            .unwrap()
+            .is_none());
+        assert_eq!(r.count(tenant).unwrap(), 0);
+        // No key of the partition is left but the count.
+        let mut prefix = b"mc/".to_vec();
+        prefix.extend_from_slice(tenant.as_bytes());
+        assert_eq!(f.tree.scan_prefix(&prefix).count(), 0);
+        // Removing what is not there changes nothing.
+        f.apply(tenant, &[removed(&a)]);
+        assert_eq!(f.read().count(tenant).unwrap(), 0);
+
+        let entries: Vec<_> = (0..300)
+            .map(|i| entry(&format!("user{i:04}@example.com")))
+            .collect();
+        f.apply(
+            tenant,
+            &[SuppressionEvent::Imported(SuppressionsImported {
+                import_id: Uuid::now_v7(),
+                chunk: 1,
+                entries,
+            })],
+        );
+        let r = f.read();
+        assert_eq!(r.count(tenant).unwrap(), 300);
+        assert!(r.get(tenant, "user0299@example.com").unwrap().is_some());
+    }
+
+    #[test]
+    fn list_pages_in_address_order_with_filters() {
+        let tenant = Uuid::now_v7();
+        let mut f = Fixture::new();
+        let mut events = Vec::new();
+        for i in 0..50 {
+            let mut e = entry(&format!("u{i:02}@example.com"));
+            if i % 5 == 0 {
+                e.reason = Reason::Complaint;
+            }
+            events.push(SuppressionEvent::Added(e));
+        }
+        f.apply(tenant, &events);
+        f.apply(
+            Uuid::now_v7(),
+            &[SuppressionEvent::Added(entry("u00@other.example"))],
+        );
+        let r = f.read();
+        let all = SuppressionFilter::default();
+        let p1 = r.list(tenant, &all, None, 20).unwrap();
+        assert_eq!(p1.entries.len(), 20);
+        assert_eq!(p1.entries[0].address, "u00@example.com");
+        assert_eq!(p1.next_after.as_deref(), Some("u19@example.com"));
+        let p2 = r.list(tenant, &all, p1.next_after.as_deref(), 100).unwrap();
+        assert_eq!(p2.entries.len(), 30);
+        assert_eq!(p2.next_after, None);
+        let complaints = SuppressionFilter {
+            reason: Some(Reason::Complaint),
+            ..SuppressionFilter::default()
+        };
+        let c = r.list(tenant, &complaints, None, 100).unwrap();
+        assert_eq!(c.entries.len(), 10);
+        assert!(c.entries.iter().all(|e| e.reason == Reason::Complaint));
+        let prefixed = SuppressionFilter {
+            address_prefix: Some("u3".into()),
+            ..SuppressionFilter::default()
+        };
+        let p = r.list(tenant, &prefixed, None, 100).unwrap();
+        assert_eq!(p.entries.len(), 10);
+        assert_eq!(p.entries[0].address, "u30@example.com");
+        // A cursor before the prefix starts at the prefix.
+        let p = r
+            .list(tenant, &prefixed, Some("u01@example.com"), 100)
+            .unwrap();
+        assert_eq!(p.entries.len(), 10);
+        let p = r
+            .list(tenant, &prefixed, Some("u35@example.com"), 100)
+            .unwrap();
+        assert_eq!(p.entries.len(), 4);
     }
 }

@@ -5,11 +5,13 @@
 //! - [`dispatch`]: the SMTP dispatcher. Keeps the queue of due messages, builds the MIME
 //!   with lettre, sends through the tenant's relays (pooled connections, failover, rate
 //!   limits derived from the log) or into the file outbox, and records every attempt.
+//!   Drops suppressed recipients right before each transaction, and adds one-click
+//!   unsubscribe headers to marketing mail.
 //! - [`reports`]: delivery reports. POSTs a signed JSON report of every sent, deferred,
-//!   failed and cancelled message to the tenant's callback URL, with retries, and records
-//!   every try.
+//!   failed, cancelled and suppressed message to the tenant's callback URL, with retries,
+//!   and records every try.
 //! - [`seal`]: AES-256-GCM sealing of the secrets kept in events (relay passwords, callback
-//!   signing secrets) under the master key.
+//!   signing secrets) under the master key, and keys derived from it for one purpose each.
 pub mod dispatch;
 mod error;
 pub mod reports;

@@ -13,6 +13,11 @@ use crate::error::{Error, Result};
 
 const NONCE_LEN: usize = 12;
 
+/// The context of the key that signs one-click unsubscribe tokens
+/// (`inbound::unsubscribe::token`): the dispatcher makes them, the API verifies them, both
+/// with `master_key.derive(UNSUBSCRIBE_KEY_CONTEXT)`.
+pub const UNSUBSCRIBE_KEY_CONTEXT: &str = "postledger unsubscribe token v1";
+
 /// The master key. Cloning shares nothing mutable; `Debug` never shows the key.
 #[derive(Clone)]
 pub struct MasterKey {
@@ -22,6 +27,15 @@ pub struct MasterKey {
 impl MasterKey {
     pub fn from_bytes(key: [u8; 32]) -> MasterKey {
         MasterKey { key }
+    }
+
+    /// A key for one purpose, derived from the master key with blake3's key derivation
+    /// (`context` should be a hard-coded, unique, versioned string). A derived key reveals
+    /// nothing about the master key or about keys derived for other contexts, so a key
+    /// handed to another part of the system (the unsubscribe token signer) cannot open
+    /// sealed secrets.
+    pub fn derive(&self, context: &str) -> [u8; 32] {
+        blake3::derive_key(context, &self.key)
     }
 
     fn cipher(&self) -> Aes256Gcm {
@@ -156,6 +170,16 @@ mod tests {
     fn debug_hides_the_key() {
         let s = format!("{:?}", MasterKey::from_bytes([0xab; 32]));
         assert!(!s.contains("ab") && !s.contains("171"), "{s}");
+    }
+
+    #[test]
+    fn derived_keys_depend_on_the_master_key_and_the_context() {
+        let a = key(1).derive(UNSUBSCRIBE_KEY_CONTEXT);
+        assert_eq!(a, key(1).derive(UNSUBSCRIBE_KEY_CONTEXT));
+        assert_ne!(a, key(2).derive(UNSUBSCRIBE_KEY_CONTEXT));
+        assert_ne!(a, key(1).derive("another purpose"));
+        assert_ne!(a, [1u8; 32]);
+        assert_eq!(a, blake3::derive_key(UNSUBSCRIBE_KEY_CONTEXT, &[1u8; 32]));
     }
 
     #[test]

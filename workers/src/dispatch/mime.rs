@@ -7,18 +7,59 @@
 //!
 //! Bcc recipients are in the envelope only (lettre drops the Bcc header after deriving the
 //! envelope from the headers).
+//!
+//! Marketing mail gets one-click unsubscribe headers (RFC 8058) when the dispatcher is
+//! configured with [`UnsubscribeLinks`]; transactional mail never does.
 use std::time::SystemTime;
 
-use domain::message::{AttachmentRef, Mailbox, MessageQueued};
+use domain::message::{AttachmentRef, Category, Mailbox, MessageQueued};
 use eventlog::BlobStore;
 use lettre::address::Envelope;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment, MultiPart, SinglePart};
 use lettre::Address;
+use uuid::Uuid;
+
+use super::UnsubscribeLinks;
 
 /// Our own header naming the message, so that a bounce or a complaint can be tied back to
 /// it whatever the relay did to Message-ID.
 pub(super) const MESSAGE_ID_HEADER: &str = "X-Postledger-Message-Id";
+
+pub(super) const LIST_UNSUBSCRIBE: &str = "List-Unsubscribe";
+pub(super) const LIST_UNSUBSCRIBE_POST: &str = "List-Unsubscribe-Post";
+/// The only value RFC 8058 defines: the receiver may POST this body to the HTTPS URI.
+pub(super) const ONE_CLICK: &str = "List-Unsubscribe=One-Click";
+
+/// The `List-Unsubscribe` value of a marketing message, or `None` when it gets none.
+///
+/// The token names the first `to` address. The dispatcher sends one SMTP transaction per
+/// message, so every recipient (cc included) receives the same bytes and the same link;
+/// a link per recipient would need one transaction per recipient. Never a bcc address:
+/// the header is visible to everyone, and the token's payload is readable.
+pub(super) fn list_unsubscribe(
+    m: &MessageQueued,
+    tenant: Uuid,
+    links: Option<&UnsubscribeLinks>,
+) -> Option<String> {
+    let links = links?;
+    if m.category != Category::Marketing {
+        return None;
+    }
+    let recipient = m.to.first()?.email.trim().to_lowercase();
+    let token = inbound::unsubscribe::token(
+        &links.key,
+        &tenant.to_string(),
+        &m.message_id.to_string(),
+        &recipient,
+    );
+    let base = links.base_url.trim_end_matches('/');
+    let mut value = format!("<{base}/unsubscribe/{token}>");
+    if let Some(domain) = links.mailto_domain.as_deref().filter(|d| !d.is_empty()) {
+        value.push_str(&format!(", <mailto:unsubscribe+{token}@{domain}>"));
+    }
+    Some(value)
+}
 
 /// What a round sends: the SMTP envelope and the message bytes.
 pub(super) struct Built {
@@ -74,7 +115,12 @@ fn attachment_part(
 
 /// Builds the message. The error says, for the MessageFailed reason, why it cannot be
 /// built (a missing blob, an unusable address or header): retrying would not help.
-pub(super) fn build(m: &MessageQueued, blobs: &BlobStore) -> Result<Built, String> {
+pub(super) fn build(
+    m: &MessageQueued,
+    blobs: &BlobStore,
+    tenant: Uuid,
+    links: Option<&UnsubscribeLinks>,
+) -> Result<Built, String> {
     let from = mailbox(&m.from, "from")?;
     let domain = m
         .from
@@ -105,11 +151,22 @@ pub(super) fn build(m: &MessageQueued, blobs: &BlobStore) -> Result<Built, Strin
             .map_err(|_| format!("the header name {name:?} is not usable"))?;
         b = b.raw_header(HeaderValue::new(header, value.clone()));
     }
-    // Last, so that ours replaces a caller's header of the same name.
+    // Last, so that ours replace a caller's headers of the same names.
     b = b.raw_header(HeaderValue::new(
         HeaderName::new_from_ascii_str(MESSAGE_ID_HEADER),
         m.message_id.to_string(),
     ));
+    if let Some(value) = list_unsubscribe(m, tenant, links) {
+        b = b
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str(LIST_UNSUBSCRIBE),
+                value,
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str(LIST_UNSUBSCRIBE_POST),
+                ONE_CLICK.to_string(),
+            ));
+    }
 
     // A body too big for the event was stored beside the log; the event names its digest.
     let from_blob = |digest: &Option<String>, what: &str| -> Result<Option<String>, String> {
@@ -262,7 +319,7 @@ mod tests {
             att(&blobs, b"\x89PNG logo", "logo.png", Some("logo")),
             att(&blobs, b"%PDF-1.7 report", "report.pdf", None),
         ];
-        let built = build(&m, &blobs).unwrap();
+        let built = build(&m, &blobs, Uuid::nil(), None).unwrap();
         let s = text_of(&built);
         assert!(
             s.contains("From: \"News Desk\" <news@example.test>\r\n"),
@@ -293,12 +350,87 @@ mod tests {
         let blobs = BlobStore::open(dir.path()).unwrap();
         let mut m = message();
         m.html = None;
-        let s = text_of(&build(&m, &blobs).unwrap());
+        let s = text_of(&build(&m, &blobs, Uuid::nil(), None).unwrap());
         assert!(s.contains("Content-Type: text/plain") && !s.contains("multipart"));
         let mut m = message();
         m.text = None;
-        let s = text_of(&build(&m, &blobs).unwrap());
+        let s = text_of(&build(&m, &blobs, Uuid::nil(), None).unwrap());
         assert!(s.contains("Content-Type: text/html") && !s.contains("multipart"));
+    }
+
+    fn links(mailto: Option<&str>) -> UnsubscribeLinks {
+        UnsubscribeLinks {
+            base_url: "https://mail.example.test".into(),
+            mailto_domain: mailto.map(str::to_string),
+            key: [9; 32],
+        }
+    }
+
+    fn unfolded(s: &str, name: &str) -> Option<String> {
+        let start = s.find(&format!("\r\n{name}: "))? + name.len() + 4;
+        let rest = &s[start..];
+        let mut end = 0;
+        while let Some(i) = rest[end..].find("\r\n") {
+            end += i;
+            if !rest[end + 2..].starts_with([' ', '\t']) {
+                break;
+            }
+            end += 2;
+        }
+        Some(rest[..end].replace("\r\n", ""))
+    }
+
+    #[test]
+    fn marketing_mail_gets_one_click_unsubscribe_headers_and_transactional_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap();
+        let tenant = Uuid::from_u128(0x7e);
+        let mut m = message();
+        m.to = vec![mb("Ada@Example.test"), mb("bob@example.test")];
+        m.headers
+            .insert("List-Unsubscribe".into(), "<https://forged.test/x>".into());
+        // Transactional: the caller's own header stays, nothing of ours is added.
+        let s =
+            text_of(&build(&m, &blobs, tenant, Some(&links(Some("unsub.example.test")))).unwrap());
+        assert!(s.contains("forged.test"));
+        assert!(!s.contains("List-Unsubscribe-Post"), "{s}");
+
+        m.category = Category::Marketing;
+        let s =
+            text_of(&build(&m, &blobs, tenant, Some(&links(Some("unsub.example.test")))).unwrap());
+        assert!(
+            !s.contains("forged.test"),
+            "ours replaces the caller's: {s}"
+        );
+        let value = unfolded(&s, LIST_UNSUBSCRIBE).unwrap();
+        let token = value
+            .strip_prefix("<https://mail.example.test/unsubscribe/")
+            .and_then(|v| v.split_once('>'))
+            .map(|(t, _)| t.to_string())
+            .unwrap();
+        assert!(
+            value.ends_with(&format!(
+                ", <mailto:unsubscribe+{token}@unsub.example.test>"
+            )),
+            "{value}"
+        );
+        let claim = inbound::unsubscribe::verify_token(&[9; 32], &token).unwrap();
+        assert_eq!(
+            (claim.tenant, claim.message, claim.address),
+            (
+                tenant.to_string(),
+                m.message_id.to_string(),
+                "ada@example.test".to_string()
+            )
+        );
+        assert_eq!(
+            unfolded(&s, LIST_UNSUBSCRIBE_POST).as_deref(),
+            Some(ONE_CLICK)
+        );
+        // Without a mailto domain, the HTTPS link only; without links, nothing.
+        let value = list_unsubscribe(&m, tenant, Some(&links(None))).unwrap();
+        assert!(value.starts_with('<') && value.ends_with('>') && !value.contains("mailto"));
+        assert_eq!(list_unsubscribe(&m, tenant, None), None);
     }
 
     #[test]
@@ -308,7 +440,7 @@ mod tests {
         let mut m = message();
         m.headers
             .insert("X-Postledger-Message-Id".into(), "forged".into());
-        let s = text_of(&build(&m, &blobs).unwrap());
+        let s = text_of(&build(&m, &blobs, Uuid::nil(), None).unwrap());
         assert!(!s.contains("forged"));
         m.attachments = vec![AttachmentRef {
             digest: "ab".repeat(32),
@@ -317,7 +449,7 @@ mod tests {
             content_type: "application/pdf".into(),
             content_id: None,
         }];
-        let err = build(&m, &blobs).err().unwrap();
+        let err = build(&m, &blobs, Uuid::nil(), None).err().unwrap();
         assert!(err.contains("gone.pdf"), "{err}");
     }
 }

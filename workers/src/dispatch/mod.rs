@@ -13,6 +13,13 @@
 //!   sends through the tenant's relays or into the file outbox, and records the round as
 //!   one append.
 //!
+//! Right before each SMTP transaction (and before writing the file outbox) a round drops
+//! the recipients that are suppressed for the message's category at that moment
+//! (`suppress`): the reader keeps the suppression index, and the round first waits until
+//! the index holds everything durable in the log. The dropped recipients are recorded
+//! (`RecipientsSuppressed`); when none is left, nothing is sent and the message ends
+//! suppressed.
+//!
 //! A round's result is not applied to the queue directly: the entry stays in flight until
 //! the core has followed the log past the round's append, and then takes whatever the log
 //! says. The log stays the only source of truth, and a restart rebuilds exactly the same
@@ -22,6 +29,7 @@ mod mime;
 mod queue;
 mod rate;
 mod round;
+mod suppress;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -42,6 +50,7 @@ use follow::{Batch, Fact, MessageFact};
 use queue::{MsgKey, Queue};
 use rate::RelayKey;
 use round::{Concluded, Ctx, Done, Job};
+use suppress::Screen;
 
 /// How long `stop` waits for rounds in flight to be recorded before abandoning them.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -69,6 +78,32 @@ pub struct DispatchConfig {
     pub smtp_timeout: Duration,
     /// The EHLO name.
     pub hello_name: String,
+    /// One-click unsubscribe links (RFC 8058) in marketing mail; `None` adds no header.
+    pub unsubscribe: Option<UnsubscribeLinks>,
+}
+
+/// Where the `List-Unsubscribe` header of marketing mail points, and the key that signs
+/// its tokens (`inbound::unsubscribe::token` over tenant, message id and recipient).
+#[derive(Clone)]
+pub struct UnsubscribeLinks {
+    /// The public base URL of the API, e.g. `http://127.0.0.1:8080` (a trailing slash is
+    /// ignored): the link is `{base_url}/unsubscribe/{token}`.
+    pub base_url: String,
+    /// With a domain, a second URI `mailto:unsubscribe+{token}@{domain}` is offered.
+    pub mailto_domain: Option<String>,
+    /// The token key: the master key derived with
+    /// [`crate::seal::UNSUBSCRIBE_KEY_CONTEXT`], the same key the API verifies with.
+    pub key: [u8; 32],
+}
+
+/// Never shows the key.
+impl std::fmt::Debug for UnsubscribeLinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnsubscribeLinks")
+            .field("base_url", &self.base_url)
+            .field("mailto_domain", &self.mailto_domain)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DispatchConfig {
@@ -84,6 +119,7 @@ impl DispatchConfig {
             concurrency: 64,
             smtp_timeout: Duration::from_secs(30),
             hello_name: "postledger.localhost".into(),
+            unsubscribe: None,
         }
     }
 }
@@ -99,6 +135,8 @@ pub struct DispatchStatus {
     pub sent: u64,
     pub deferred: u64,
     pub failed: u64,
+    /// Rounds that found every recipient suppressed (and sent nothing).
+    pub suppressed: u64,
 }
 
 #[derive(Default)]
@@ -109,6 +147,7 @@ struct Cells {
     sent: AtomicU64,
     deferred: AtomicU64,
     failed: AtomicU64,
+    suppressed: AtomicU64,
 }
 
 struct Tasks {
@@ -145,9 +184,10 @@ impl Dispatcher {
         let (facts_tx, facts_rx) = mpsc::channel(FACT_CHANNEL);
         let target = log.head();
         let concurrency = config.concurrency.max(1);
-        let reader = tokio::spawn(follow::follow(log.clone(), facts_tx));
+        let screen = Arc::new(Screen::default());
+        let reader = tokio::spawn(follow::follow(log.clone(), facts_tx, screen.clone()));
         let core = Core {
-            ctx: Arc::new(Ctx::new(log, config)),
+            ctx: Arc::new(Ctx::new(log, config, screen)),
             cells: cells.clone(),
             queue: Queue::default(),
             settings: HashMap::new(),
@@ -198,6 +238,7 @@ impl Dispatcher {
             sent: c.sent.load(Ordering::Relaxed),
             deferred: c.deferred.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            suppressed: c.suppressed.load(Ordering::Relaxed),
         }
     }
 }
@@ -436,6 +477,7 @@ impl Core {
                     Concluded::Sent => &self.cells.sent,
                     Concluded::Deferred => &self.cells.deferred,
                     Concluded::Failed => &self.cells.failed,
+                    Concluded::Suppressed => &self.cells.suppressed,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 let s = Settle { key, reserved };

@@ -1,5 +1,11 @@
 //! One dispatch round of one message: read it back from the log, build the MIME, try the
 //! tenant's relays in order (or write the file outbox), and record the round as one append.
+//!
+//! Right before each relay's SMTP transaction (once its connection slot is held, so that
+//! no wait for the pool comes between the check and the send) and before writing the file
+//! outbox, the recipients suppressed at that moment are dropped from the envelope. The
+//! dropped ones are recorded with the round; when none is left the round sends nothing
+//! and the message ends suppressed.
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
@@ -11,10 +17,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use domain::mail_settings::{Relay, TlsMode};
 use domain::message::{
     self, AttemptOutcome, DeliveryAttempted, DispatchResult, MessageCommand, MessageDeferred,
-    MessageEvent, MessageFailed, MessageQueued, MessageSent, MessageState, MESSAGE_STREAM,
+    MessageEvent, MessageFailed, MessageQueued, MessageSent, MessageState, RecipientsSuppressed,
+    SuppressedRecipient, MESSAGE_STREAM,
 };
 use domain::DomainEvent;
 use eventlog::{Actor, EventLog, ExpectedVersion, Metadata, NewEvent, StreamId};
+use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
@@ -27,6 +35,7 @@ use uuid::Uuid;
 use super::mime::{self, Built};
 use super::queue::MsgKey;
 use super::rate::{RateLimiter, RelayKey};
+use super::suppress::{Screen, Screened};
 use super::DispatchConfig;
 use crate::seal::relay_password_context;
 
@@ -39,12 +48,17 @@ const DEFAULT_RETRY: Duration = Duration::from_secs(60);
 const TAIL_MAX: usize = 256;
 /// Appends retried after a concurrent write to the message stream (a cancel).
 const MAX_CONFLICTS: usize = 5;
+/// When a round could not check suppressions (the index did not catch up with the log in
+/// time), the message waits this long in memory before its next try.
+const UNSCREENED_RETRY: Duration = Duration::from_secs(1);
 
 /// What every round shares.
 pub(super) struct Ctx {
     pub log: EventLog,
     pub config: DispatchConfig,
     pub rates: Mutex<RateLimiter>,
+    /// The suppression index (the reader keeps it).
+    screen: Arc<Screen>,
     transports: Mutex<HashMap<RelayKey, Arc<CachedRelay>>>,
 }
 
@@ -62,13 +76,51 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ctx {
-    pub fn new(log: EventLog, config: DispatchConfig) -> Ctx {
+    pub fn new(log: EventLog, config: DispatchConfig, screen: Arc<Screen>) -> Ctx {
         Ctx {
             log,
             config,
             rates: Mutex::new(RateLimiter::default()),
+            screen,
             transports: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The recipients of `envelope` that may receive `message` now, once the suppression
+    /// index holds everything durable in the log. `None` when it could not catch up in
+    /// time: the round must then send nothing.
+    async fn screen(
+        &self,
+        key: MsgKey,
+        message: &MessageQueued,
+        envelope: &Envelope,
+    ) -> Option<Screened> {
+        if !self.screen.synced(&self.log).await {
+            tracing::warn!(
+                message_id = %key.1,
+                "the suppression index is behind the log; the message waits"
+            );
+            return None;
+        }
+        let screened = self
+            .screen
+            .screen(key.0, message.category, envelope, Utc::now());
+        if !screened.suppressed.is_empty() {
+            // Masked: a log line never spells a recipient out.
+            let masked: Vec<String> = screened
+                .suppressed
+                .iter()
+                .map(|r| domain::suppression::mask(&r.address))
+                .collect();
+            tracing::info!(
+                message_id = %key.1,
+                category = message.category.as_str(),
+                suppressed = %masked.join(", "),
+                left = screened.envelope.as_ref().map_or(0, |e| e.to().len()),
+                "suppressed recipients dropped"
+            );
+        }
+        Some(screened)
     }
 
     pub fn rates(&self) -> MutexGuard<'_, RateLimiter> {
@@ -158,6 +210,7 @@ pub(super) enum Concluded {
     Sent,
     Deferred,
     Failed,
+    Suppressed,
 }
 
 /// How a round ended, for the core.
@@ -171,7 +224,8 @@ pub(super) enum Done {
     },
     /// Every relay is at its limit: wait in memory, nothing recorded.
     RateLimited { until: DateTime<Utc> },
-    /// The log could not be read: try again later, nothing recorded.
+    /// The log could not be read, or the suppressions could not be checked: try again
+    /// later, nothing recorded.
     Retry { until: DateTime<Utc> },
     /// Nothing more to do for this entry: the message is final already, or the round
     /// could not be recorded.
@@ -370,41 +424,93 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A partial suppression as the round records it; `None` when nobody was dropped.
+fn partial(screened: &Screened) -> Option<RecipientsSuppressed> {
+    (!screened.suppressed.is_empty()).then(|| RecipientsSuppressed {
+        recipients: screened.suppressed.clone(),
+        all: false,
+        at: screened.at,
+    })
+}
+
+/// How one relay try went.
+enum Try {
+    /// A transaction was attempted (or the relay could not even be set up).
+    Answered {
+        outcome: AttemptOutcome,
+        code: Option<u16>,
+        reply: String,
+        duration_ms: u64,
+        /// The recipients left out of this transaction.
+        suppressed: Option<RecipientsSuppressed>,
+    },
+    /// Every recipient is suppressed: no transaction.
+    AllSuppressed(Screened),
+    /// The suppressions could not be checked: no transaction.
+    Unscreened,
+}
+
+fn unreachable_try(reply: String) -> Try {
+    Try::Answered {
+        outcome: AttemptOutcome::Unreachable,
+        code: None,
+        reply,
+        duration_ms: 0,
+        suppressed: None,
+    }
+}
+
 async fn try_relay(
     ctx: &Ctx,
-    tenant: Uuid,
+    job: &Job,
+    message: &MessageQueued,
     relay: &Relay,
     built: &Built,
-) -> (AttemptOutcome, Option<u16>, String, u64) {
-    let cached = match ctx.transport(tenant, relay) {
+) -> Try {
+    let cached = match ctx.transport(job.key.0, relay) {
         Ok(c) => c,
-        Err(reason) => return (AttemptOutcome::Unreachable, None, reason, 0),
+        Err(reason) => return unreachable_try(reason),
     };
     let Ok(_permit) = cached.permits.clone().acquire_owned().await else {
-        return (
-            AttemptOutcome::Unreachable,
-            None,
-            "the relay's connection limit was closed".into(),
-            0,
-        );
+        return unreachable_try("the relay's connection limit was closed".into());
+    };
+    let Some(screened) = ctx.screen(job.key, message, &built.envelope).await else {
+        return Try::Unscreened;
+    };
+    let suppressed = partial(&screened);
+    let Some(envelope) = screened.envelope.as_ref() else {
+        return Try::AllSuppressed(screened);
     };
     let started = Instant::now();
-    let res = cached
-        .transport
-        .send_raw(&built.envelope, &built.bytes)
-        .await;
-    let elapsed = millis(started.elapsed());
+    let res = cached.transport.send_raw(envelope, &built.bytes).await;
+    let duration_ms = millis(started.elapsed());
     let (outcome, code, reply) = classify(res);
-    (outcome, code, reply, elapsed)
+    Try::Answered {
+        outcome,
+        code,
+        reply,
+        duration_ms,
+        suppressed,
+    }
 }
 
 enum Tried {
     Concluded {
+        suppressed: Option<RecipientsSuppressed>,
         attempts: Vec<DeliveryAttempted>,
         result: DispatchResult,
         reserved: Option<RelayKey>,
     },
+    /// No recipient left: nothing was sent. `attempts` are the round's earlier tries at
+    /// relays that did not answer.
+    Suppressed {
+        attempts: Vec<DeliveryAttempted>,
+        recipients: Vec<SuppressedRecipient>,
+        at: DateTime<Utc>,
+    },
     RateLimited(DateTime<Utc>),
+    /// The suppressions could not be checked: nothing was sent, nothing is recorded.
+    Unscreened,
 }
 
 async fn via_relays(ctx: &Ctx, job: &Job, message: &MessageQueued, built: &Built) -> Tried {
@@ -412,6 +518,9 @@ async fn via_relays(ctx: &Ctx, job: &Job, message: &MessageQueued, built: &Built
     let mut attempts = Vec::new();
     let mut limited_until: Option<DateTime<Utc>> = None;
     let mut unreachable = Vec::new();
+    // The recipients left out of the last transaction tried: the one the round's result
+    // is about.
+    let mut suppressed = None;
     for relay in &job.relays {
         if let Err(until) = ctx.rates().reserve(tenant, relay, Utc::now()) {
             tracing::debug!(
@@ -424,7 +533,33 @@ async fn via_relays(ctx: &Ctx, job: &Job, message: &MessageQueued, built: &Built
         }
         let rkey = (tenant, relay.id);
         let holds = RateLimiter::holds(relay);
-        let (outcome, code, reply, duration_ms) = try_relay(ctx, tenant, relay, built).await;
+        let (outcome, code, reply, duration_ms) =
+            match try_relay(ctx, job, message, relay, built).await {
+                Try::Answered {
+                    outcome,
+                    code,
+                    reply,
+                    duration_ms,
+                    suppressed: left_out,
+                } => {
+                    suppressed = left_out;
+                    (outcome, code, reply, duration_ms)
+                }
+                other => {
+                    // Nothing was sent through this relay: its slot is free again.
+                    if holds {
+                        ctx.rates().release(rkey);
+                    }
+                    return match other {
+                        Try::AllSuppressed(screened) => Tried::Suppressed {
+                            attempts,
+                            recipients: screened.suppressed,
+                            at: screened.at,
+                        },
+                        _ => Tried::Unscreened,
+                    };
+                }
+            };
         let at = Utc::now();
         tracing::info!(
             message_id = %id,
@@ -447,6 +582,7 @@ async fn via_relays(ctx: &Ctx, job: &Job, message: &MessageQueued, built: &Built
         });
         if outcome == AttemptOutcome::Sent {
             return Tried::Concluded {
+                suppressed,
                 attempts,
                 result: DispatchResult::Sent(MessageSent {
                     relay_id: Some(relay.id),
@@ -480,6 +616,7 @@ async fn via_relays(ctx: &Ctx, job: &Job, message: &MessageQueued, built: &Built
             }
         };
         return Tried::Concluded {
+            suppressed,
             attempts,
             result,
             reserved: None,
@@ -495,6 +632,7 @@ async fn via_relays(ctx: &Ctx, job: &Job, message: &MessageQueued, built: &Built
         reason.push_str("; the other relays are at their rate limits");
     }
     Tried::Concluded {
+        suppressed,
         attempts,
         result: defer_or_expire(&ctx.config, message, job.round, reason, None),
         reserved: None,
@@ -526,8 +664,21 @@ fn write_outbox(outbox: &Path, tenant: Uuid, id: Uuid, bytes: &[u8]) -> std::io:
     sync_dir(&folder)
 }
 
+/// The file holds no envelope, but it stands for the send all the same: with every
+/// recipient suppressed it is not written, and the recipients left out are recorded.
 async fn via_outbox(ctx: &Ctx, job: &Job, message: &MessageQueued, built: Built) -> Tried {
     let (tenant, id) = job.key;
+    let Some(screened) = ctx.screen(job.key, message, &built.envelope).await else {
+        return Tried::Unscreened;
+    };
+    if screened.envelope.is_none() {
+        return Tried::Suppressed {
+            attempts: Vec::new(),
+            recipients: screened.suppressed,
+            at: screened.at,
+        };
+    }
+    let suppressed = partial(&screened);
     let dir = ctx.config.outbox_dir.clone();
     let started = Instant::now();
     let written = tokio::task::spawn_blocking(move || write_outbox(&dir, tenant, id, &built.bytes))
@@ -571,21 +722,62 @@ async fn via_outbox(ctx: &Ctx, job: &Job, message: &MessageQueued, built: Built)
         Err(_) => defer_or_expire(&ctx.config, message, job.round, reply, None),
     };
     Tried::Concluded {
+        suppressed,
         attempts,
         result,
         reserved: None,
     }
 }
 
+/// What a round records.
+enum Outcome {
+    /// Sent, deferred or failed, perhaps after leaving some recipients out.
+    Dispatched {
+        suppressed: Option<RecipientsSuppressed>,
+        attempts: Vec<DeliveryAttempted>,
+        result: DispatchResult,
+    },
+    /// Every recipient suppressed: nothing sent.
+    Suppressed {
+        attempts: Vec<DeliveryAttempted>,
+        recipients: Vec<SuppressedRecipient>,
+        at: DateTime<Utc>,
+    },
+}
+
+impl Outcome {
+    fn command(&self) -> MessageCommand {
+        match self {
+            Outcome::Dispatched {
+                suppressed,
+                attempts,
+                result,
+            } => MessageCommand::RecordDispatch {
+                suppressed: suppressed.clone(),
+                attempts: attempts.clone(),
+                result: result.clone(),
+            },
+            Outcome::Suppressed {
+                attempts,
+                recipients,
+                at,
+            } => MessageCommand::Suppress {
+                attempts: attempts.clone(),
+                recipients: recipients.clone(),
+                at: *at,
+            },
+        }
+    }
+}
+
 /// Appends the round. The expected version is the one the round read, so that a cancel
 /// appended meanwhile is folded in and `decide` judges the round against it (a deferral
-/// must never follow a cancel); the conflict is retried a few times.
+/// or a suppression must never follow a cancel); the conflict is retried a few times.
 async fn record(
     log: &EventLog,
     key: MsgKey,
     loaded: &mut Loaded,
-    attempts: Vec<DeliveryAttempted>,
-    result: DispatchResult,
+    outcome: &Outcome,
 ) -> Option<u64> {
     let meta = Metadata {
         actor: Actor::System("dispatcher".into()),
@@ -593,11 +785,7 @@ async fn record(
         causation_id: Some(loaded.causation_id),
     };
     for _ in 0..MAX_CONFLICTS {
-        let cmd = MessageCommand::RecordDispatch {
-            attempts: attempts.clone(),
-            result: result.clone(),
-        };
-        let events = match message::decide(&loaded.state, cmd) {
+        let events = match message::decide(&loaded.state, outcome.command()) {
             Ok(events) => events,
             Err(e) => {
                 tracing::info!(
@@ -662,9 +850,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
     };
     let message = loaded.message.clone();
     let blobs = ctx.config.blobs.clone();
-    let built = tokio::task::spawn_blocking(move || mime::build(&message, &blobs))
-        .await
-        .unwrap_or_else(|e| Err(format!("building the message panicked: {e}")));
+    let links = ctx.config.unsubscribe.clone();
+    let built =
+        tokio::task::spawn_blocking(move || mime::build(&message, &blobs, tenant, links.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(format!("building the message panicked: {e}")));
     let tried = match built {
         Err(reason) => {
             tracing::warn!(
@@ -674,6 +864,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
                 "the message cannot be built; it fails"
             );
             Tried::Concluded {
+                suppressed: None,
                 attempts: Vec::new(),
                 result: DispatchResult::Failed(MessageFailed {
                     reason,
@@ -687,12 +878,32 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
         Ok(built) if job.relays.is_empty() => via_outbox(&ctx, &job, &loaded.message, built).await,
         Ok(built) => via_relays(&ctx, &job, &loaded.message, &built).await,
     };
-    let (attempts, result, reserved) = match tried {
+    let (outcome, reserved) = match tried {
         Tried::Concluded {
+            suppressed,
             attempts,
             result,
             reserved,
-        } => (attempts, result, reserved),
+        } => (
+            Outcome::Dispatched {
+                suppressed,
+                attempts,
+                result,
+            },
+            reserved,
+        ),
+        Tried::Suppressed {
+            attempts,
+            recipients,
+            at,
+        } => (
+            Outcome::Suppressed {
+                attempts,
+                recipients,
+                at,
+            },
+            None,
+        ),
         Tried::RateLimited(until) => {
             tracing::debug!(
                 message_id = %id,
@@ -701,13 +912,21 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
             );
             return Done::RateLimited { until };
         }
+        Tried::Unscreened => {
+            return Done::Retry {
+                until: after(UNSCREENED_RETRY),
+            };
+        }
     };
-    let concluded = match &result {
-        DispatchResult::Sent(_) => Concluded::Sent,
-        DispatchResult::Deferred(_) => Concluded::Deferred,
-        DispatchResult::Failed(_) => Concluded::Failed,
+    let concluded = match &outcome {
+        Outcome::Dispatched { result, .. } => match result {
+            DispatchResult::Sent(_) => Concluded::Sent,
+            DispatchResult::Deferred(_) => Concluded::Deferred,
+            DispatchResult::Failed(_) => Concluded::Failed,
+        },
+        Outcome::Suppressed { .. } => Concluded::Suppressed,
     };
-    match record(&ctx.log, job.key, &mut loaded, attempts, result).await {
+    match record(&ctx.log, job.key, &mut loaded, &outcome).await {
         Some(last_position) => {
             tracing::debug!(message_id = %id, result = ?concluded, "round recorded");
             Done::Recorded {

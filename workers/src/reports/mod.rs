@@ -1,5 +1,5 @@
 //! Delivery reports: a signed JSON POST to the tenant's callback URL for every sent,
-//! deferred, failed and cancelled message, retried on a schedule, each try recorded as a
+//! deferred, failed, cancelled and suppressed message, retried on a schedule, each try recorded as a
 //! `CallbackAttempted` event on `delivery-report/<message id>`.
 //!
 //! The worker follows the log from the start and keeps only what the log says (see

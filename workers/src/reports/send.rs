@@ -164,6 +164,7 @@ async fn build_body(log: &EventLog, job: &Job) -> Result<Vec<u8>, String> {
         MessageEvent::Deferred(p) => serde_json::to_value(p),
         MessageEvent::Failed(p) => serde_json::to_value(p),
         MessageEvent::Cancelled(p) => serde_json::to_value(p),
+        MessageEvent::Suppressed(p) => serde_json::to_value(p),
         _ => return Err("the reported event is not a reportable message event".to_string()),
     }
     .map_err(|e| format!("the report could not be encoded: {e}"))?;

@@ -15,7 +15,8 @@ use domain::mail_settings::{
     CALLBACK_SET, MAIL_SETTINGS_STREAM,
 };
 use domain::message::{
-    MESSAGE_CANCELLED, MESSAGE_DEFERRED, MESSAGE_FAILED, MESSAGE_SENT, MESSAGE_STREAM,
+    MessageEvent, MESSAGE_CANCELLED, MESSAGE_DEFERRED, MESSAGE_FAILED, MESSAGE_SENT,
+    MESSAGE_STREAM, RECIPIENTS_SUPPRESSED,
 };
 use domain::DomainEvent;
 use eventlog::RecordedEvent;
@@ -28,15 +29,33 @@ pub(super) enum Kind {
     Deferred,
     Failed,
     Cancelled,
+    /// Every recipient was suppressed; nothing was sent. (Some recipients left out of a
+    /// round is no report of its own: the round's sent, deferred or failed follows.)
+    Suppressed,
 }
 
 impl Kind {
-    fn of_event_type(event_type: &str) -> Option<Kind> {
-        match event_type {
+    fn of_event(rec: &RecordedEvent) -> Option<Kind> {
+        match rec.event_type.as_str() {
             MESSAGE_SENT => Some(Kind::Sent),
             MESSAGE_DEFERRED => Some(Kind::Deferred),
             MESSAGE_FAILED => Some(Kind::Failed),
             MESSAGE_CANCELLED => Some(Kind::Cancelled),
+            RECIPIENTS_SUPPRESSED => {
+                match MessageEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
+                    Ok(MessageEvent::Suppressed(s)) if s.all => Some(Kind::Suppressed),
+                    Ok(_) => None,
+                    Err(e) => {
+                        // The code only: a serde message may quote an address.
+                        tracing::warn!(
+                            position = rec.position,
+                            error = e.code(),
+                            "delivery reports: skipping an undecodable suppression event"
+                        );
+                        None
+                    }
+                }
+            }
             _ => None,
         }
     }
@@ -48,6 +67,7 @@ impl Kind {
             Kind::Deferred => "deferred",
             Kind::Failed => "failed",
             Kind::Cancelled => "cancelled",
+            Kind::Suppressed => "suppressed",
         }
     }
 
@@ -58,6 +78,7 @@ impl Kind {
             Kind::Deferred => "message.deferred",
             Kind::Failed => "message.failed",
             Kind::Cancelled => "message.cancelled",
+            Kind::Suppressed => "message.suppressed",
         }
     }
 }
@@ -157,8 +178,10 @@ impl State {
                     ),
                 }
             }
-            MESSAGE_STREAM => {
-                if let Some(kind) = Kind::of_event_type(&rec.event_type) {
+            // The callback is checked first so that no payload is decoded for a tenant
+            // without one.
+            MESSAGE_STREAM if self.callbacks.contains_key(&rec.tenant) => {
+                if let Some(kind) = Kind::of_event(rec) {
                     self.fold_message(rec, kind);
                 }
             }

@@ -6,3 +6,4 @@ mod reports;
 #[path = "../../../tests/tests/e2e/sink.rs"]
 mod sink;
 mod support;
+mod suppression;

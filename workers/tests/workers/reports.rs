@@ -11,8 +11,10 @@ use domain::delivery_report::{CallbackAttempted, DeliveryReportEvent, DELIVERY_R
 use domain::mail_settings::{DeliveryCallback, MailSettingsEvent, MAIL_SETTINGS_STREAM};
 use domain::message::{
     self, Category, DispatchResult, Mailbox, MessageCommand, MessageDeferred, MessageEvent,
-    MessageFailed, MessageQueued, MessageSent, MessageState, Priority, MESSAGE_STREAM,
+    MessageFailed, MessageQueued, MessageSent, MessageState, Priority, RecipientsSuppressed,
+    SuppressedRecipient, MESSAGE_STREAM,
 };
+use domain::suppression::{Reason, Scope};
 use domain::DomainEvent;
 use eventlog::{
     Actor, EventLog, ExpectedVersion, Metadata, NewEvent, Options, RecordedEvent, StreamId,
@@ -171,6 +173,7 @@ async fn conclude(log: &EventLog, tenant: Uuid, id: Uuid, cmd: MessageCommand) -
 
 fn sent() -> MessageCommand {
     MessageCommand::RecordDispatch {
+        suppressed: None,
         attempts: Vec::new(),
         result: DispatchResult::Sent(MessageSent {
             relay_id: None,
@@ -644,6 +647,7 @@ async fn failed_cancelled_and_deferred_messages_are_reported_after_catching_up()
         tenant,
         failed_id,
         MessageCommand::RecordDispatch {
+            suppressed: None,
             attempts: Vec::new(),
             result: DispatchResult::Failed(MessageFailed {
                 reason: "550 5.1.1 mailbox unavailable".into(),
@@ -672,6 +676,7 @@ async fn failed_cancelled_and_deferred_messages_are_reported_after_catching_up()
         tenant,
         deferred_id,
         MessageCommand::RecordDispatch {
+            suppressed: None,
             attempts: Vec::new(),
             result: DispatchResult::Deferred(MessageDeferred {
                 reason: "451 try later".into(),
@@ -794,5 +799,83 @@ async fn nothing_is_sent_before_catching_up_with_the_log() {
     assert_eq!(receiver.requests().len(), 1);
     assert_eq!(requests[0].json()["message_id"], live_id.to_string());
     assert_eq!(attempts(&log, tenant, done_id).len(), 1);
+    reports.stop().await;
+}
+
+#[tokio::test]
+async fn a_suppressed_message_is_reported_and_a_partial_suppression_is_not_a_report() {
+    let (_dir, log) = open_log();
+    let tenant = Uuid::now_v7();
+    let receiver = Receiver::start(&[200]).await;
+    set_callback(&log, tenant, &receiver.url).await;
+    let recipient = |address: &str| SuppressedRecipient {
+        address: address.into(),
+        reason: Reason::Unsubscribe,
+        scope: Scope::Tenant,
+    };
+
+    let suppressed_id = queue(&log, tenant, &["s"], json!({"k": 1})).await;
+    let suppressed = conclude(
+        &log,
+        tenant,
+        suppressed_id,
+        MessageCommand::Suppress {
+            attempts: Vec::new(),
+            recipients: vec![recipient("ada@example.test")],
+            at: Utc::now(),
+        },
+    )
+    .await;
+    let partial_id = queue(&log, tenant, &[], json!({})).await;
+    let partial_sent = conclude(
+        &log,
+        tenant,
+        partial_id,
+        MessageCommand::RecordDispatch {
+            suppressed: Some(RecipientsSuppressed {
+                recipients: vec![recipient("cc@example.test")],
+                all: false,
+                at: Utc::now(),
+            }),
+            attempts: Vec::new(),
+            result: DispatchResult::Sent(MessageSent {
+                relay_id: None,
+                relay: "mx.example.test".into(),
+                reply: "250 ok".into(),
+                at: Utc::now(),
+            }),
+        },
+    )
+    .await;
+
+    let reports = DeliveryReports::start(log.clone(), config(&[100]));
+    let requests = receiver.wait_requests(2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.requests().len(), 2, "one report per message");
+    let by_message: HashMap<String, Value> = requests
+        .iter()
+        .map(|r| {
+            let body = r.json();
+            (body["message_id"].as_str().unwrap().to_string(), body)
+        })
+        .collect();
+    let s = &by_message[&suppressed_id.to_string()];
+    assert_eq!(s["type"], "message.suppressed");
+    assert_eq!(s["id"], suppressed.event_id.to_string());
+    assert_eq!(s["tags"], json!(["s"]));
+    assert_eq!(s["details"]["all"], true);
+    assert_eq!(s["details"]["recipients"][0]["address"], "ada@example.test");
+    assert_eq!(s["details"]["recipients"][0]["reason"], "unsubscribe");
+    let p = &by_message[&partial_id.to_string()];
+    assert_eq!(p["type"], "message.sent");
+    assert_eq!(p["id"], partial_sent.event_id.to_string());
+
+    let tries = wait_attempts(&log, tenant, suppressed_id, 1).await;
+    assert_eq!(tries[0].1.report, "suppressed");
+    assert!(tries[0].1.delivered);
+    assert_eq!(
+        wait_attempts(&log, tenant, partial_id, 1).await[0].1.report,
+        "sent"
+    );
     reports.stop().await;
 }

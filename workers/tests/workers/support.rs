@@ -1,5 +1,6 @@
 //! Shared helpers of the worker tests: a log in a temporary folder, appending the events
-//! the workers follow (mail settings, queued messages, cancels), reading a message's
+//! the workers follow (mail settings, queued messages, cancels, suppressions, signal
+//! settings), reading a message's
 //! timeline back, and a real SMTP server (`tests/smtp_sink.py`, aiosmtpd) as a child
 //! process.
 #![allow(dead_code)] // Each test file uses its own subset.
@@ -14,6 +15,11 @@ use domain::mail_settings::{
 use domain::message::{
     self, Category, Mailbox, MessageCommand, MessageEvent, MessageQueued, MessageState, Priority,
     MESSAGE_STREAM,
+};
+use domain::signals::{SignalEvent, SignalSettings, SIGNAL_SETTINGS_STREAM};
+use domain::suppression::{
+    self, AppliesTo, Reason, Scope, Source, Suppression, SuppressionEvent, GLOBAL_TENANT,
+    SUPPRESSION_STREAM,
 };
 use domain::DomainEvent;
 use eventlog::{Actor, EventLog, ExpectedVersion, Metadata, NewEvent, Options, StreamId};
@@ -301,3 +307,84 @@ pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() ->
 }
 
 pub use crate::sink::{dead_port, Sink};
+
+/// Appends a suppression entry for `address` (lower-cased, as the API stores it) in
+/// `partition`: a tenant's id, or `GLOBAL_TENANT` for the global list.
+pub async fn suppress(log: &EventLog, partition: Uuid, address: &str, applies_to: AppliesTo) {
+    let scope = if partition == GLOBAL_TENANT {
+        Scope::Global
+    } else {
+        Scope::Tenant
+    };
+    let entry = Suppression {
+        address: address.to_ascii_lowercase(),
+        scope,
+        reason: Reason::Unsubscribe,
+        applies_to,
+        source: Source::Api,
+        created_by: "test".into(),
+        created_at: Utc::now(),
+        expires_at: None,
+        note: None,
+        message_id: None,
+    };
+    let events = suppression::add(None, entry, Utc::now()).expect("suppression accepted");
+    append_suppression(log, partition, &events).await;
+}
+
+/// Removes the entry for `address` in `partition` (the test knows what it added).
+pub async fn unsuppress(log: &EventLog, partition: Uuid, address: &str) {
+    let original = Suppression {
+        address: address.to_ascii_lowercase(),
+        scope: if partition == GLOBAL_TENANT {
+            Scope::Global
+        } else {
+            Scope::Tenant
+        },
+        reason: Reason::Unsubscribe,
+        applies_to: AppliesTo::All,
+        source: Source::Api,
+        created_by: "test".into(),
+        created_at: Utc::now(),
+        expires_at: None,
+        note: None,
+        message_id: None,
+    };
+    let events = suppression::remove(
+        Some(original),
+        "test".into(),
+        "asked to receive mail again".into(),
+        Utc::now(),
+    )
+    .expect("removal accepted");
+    append_suppression(log, partition, &events).await;
+}
+
+async fn append_suppression(log: &EventLog, partition: Uuid, events: &[SuppressionEvent]) {
+    log.append(
+        partition,
+        StreamId::new(SUPPRESSION_STREAM, partition.to_string()),
+        ExpectedVersion::Any,
+        events.iter().map(new_event).collect(),
+        meta(),
+    )
+    .await
+    .expect("append suppression event");
+}
+
+/// Sets the tenant's signal settings with plus-address matching on or off.
+pub async fn set_plus_addressing(log: &EventLog, tenant: Uuid, on: bool) {
+    let event = SignalEvent::SettingsSet(SignalSettings {
+        plus_addressing: on,
+        ..SignalSettings::default()
+    });
+    log.append(
+        tenant,
+        StreamId::new(SIGNAL_SETTINGS_STREAM, tenant.to_string()),
+        ExpectedVersion::Any,
+        vec![new_event(&event)],
+        meta(),
+    )
+    .await
+    .expect("append signal settings");
+}
