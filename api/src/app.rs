@@ -40,8 +40,6 @@ pub struct App {
     pub signal_counts: SignalsRead,
     /// Each tenant's plus-address matching setting, read on every send.
     pub signal_cache: SignalCache,
-    /// Base URL of the public pages (unsubscribe links).
-    pub public_url: Arc<str>,
     /// Compiled template versions, shared by renders and sends.
     pub template_cache: TemplateCache,
     pub drafter: Arc<Drafter>,
@@ -90,7 +88,6 @@ impl App {
             suppressions,
             signal_counts,
             signal_cache: SignalCache::default(),
-            public_url: Arc::from(config.public_url.as_str()),
             template_cache: TemplateCache::default(),
             drafter: Arc::new(Drafter::new()),
             llm: Arc::new(config.llm.clone()),

@@ -92,8 +92,9 @@ pub struct Config {
     pub delivery: DeliverySettings,
     /// How to reach each language-model provider (the dummy needs nothing).
     pub llm: Vec<drafting::ProviderConfig>,
-    /// Base URL of the public pages (unsubscribe), without a trailing slash.
-    pub public_url: String,
+    /// Base URL of the public pages (unsubscribe), without a trailing slash; `None` means
+    /// `http://<the bound address>`.
+    pub public_url: Option<String>,
     pub unsubscribe_mailto_domain: Option<String>,
 }
 
@@ -209,10 +210,7 @@ impl Config {
             .unwrap_or(usize::MAX),
             delivery,
             llm,
-            public_url: file
-                .public_url
-                .map(|u| u.trim_end_matches('/').to_string())
-                .unwrap_or_else(|| format!("http://{listen}")),
+            public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
             unsubscribe_mailto_domain: file.unsubscribe_mailto_domain,
         })
     }

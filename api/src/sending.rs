@@ -1035,8 +1035,8 @@ pub(crate) fn timeline_entry(e: &RecordedEvent) -> TimelineEntry {
     }
 }
 
-/// The message's whole timeline from the log: its own stream and the tries of its
-/// delivery reports, in log order.
+/// The message's whole timeline from the log: its own stream, the tries of its delivery
+/// reports and the signals that came back, in log order.
 pub async fn message_events(
     app: &App,
     ctx: &Ctx,
@@ -1058,6 +1058,12 @@ pub async fn message_events(
         events.extend(log.read_stream(
             tenant,
             &StreamId::new(DELIVERY_REPORT_STREAM, id.to_string()),
+            1,
+            usize::MAX,
+        )?);
+        events.extend(log.read_stream(
+            tenant,
+            &StreamId::new(domain::signals::MESSAGE_SIGNAL_STREAM, id.to_string()),
             1,
             usize::MAX,
         )?);

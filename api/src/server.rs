@@ -49,6 +49,7 @@ pub struct Running {
 fn start_workers(
     app: &App,
     config: &Config,
+    public_url: &str,
 ) -> (
     workers::dispatch::Dispatcher,
     workers::reports::DeliveryReports,
@@ -66,7 +67,7 @@ fn start_workers(
     dispatch.hello_name = d.hello_name.clone();
     // The API verifies the tokens with the same derived key.
     dispatch.unsubscribe = Some(workers::dispatch::UnsubscribeLinks {
-        base_url: config.public_url.clone(),
+        base_url: public_url.to_string(),
         mailto_domain: config.unsubscribe_mailto_domain.clone(),
         key: app
             .master_key
@@ -103,7 +104,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             token_path.display()
         );
     }
-    let (dispatcher, reports) = start_workers(&app, config);
+    // Bound before the workers start, so that links in mail can name the real port.
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{bound}"));
+    let (dispatcher, reports) = start_workers(&app, config, &public_url);
     let schema = graphql::schema(Some(app.clone()));
     let data_app = web::Data::new(app.clone());
     let data_workers = web::Data::new((dispatcher.clone(), reports.clone()));
@@ -123,7 +132,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     })
     .workers(2)
     .disable_signals()
-    .bind(config.listen)
+    .listen(listener)
     .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = http
         .addrs()

@@ -591,6 +591,18 @@ async fn process(
     Ok((recorded, duplicates, unmatched))
 }
 
+/// The signals of a bounce message. A VERP return path is our own envelope: it names the
+/// message more surely than the headers a remote server chose to quote back.
+fn dsn_events(dsn: &inbound::Dsn) -> Vec<InboundEvent> {
+    let mut events = inbound::dsn::to_events(dsn);
+    if let Some(verp) = &dsn.verp_message_id {
+        for e in &mut events {
+            e.message.postledger_id = Some(verp.clone());
+        }
+    }
+    events
+}
+
 /// A bounce message (RFC 3464) piped in from a bounce mailbox.
 pub async fn bounce(
     app: &App,
@@ -622,15 +634,7 @@ pub async fn bounce(
             return Err(ApiError::new(400, e.code(), e.to_string()));
         }
     };
-    let mut events = inbound::dsn::to_events(&dsn);
-    // A VERP return path names our message even when the DSN quotes no headers.
-    if let Some(verp) = &dsn.verp_message_id {
-        for e in &mut events {
-            if e.message.postledger_id.is_none() {
-                e.message.postledger_id = Some(verp.clone());
-            }
-        }
-    }
+    let events = dsn_events(&dsn);
     let outcome = process(app, tenant, Provider::Dsn, &events, webhook_id, &meta).await?;
     let payload = if raw.len() <= MAX_WEBHOOK_PAYLOAD {
         String::from_utf8_lossy(raw).into_owned()
@@ -753,9 +757,7 @@ pub async fn replay(
     let provider = Provider::parse(&entry.provider)
         .ok_or_else(|| ApiError::internal("the stored provider is unknown"))?;
     let events = match provider {
-        Provider::Dsn => {
-            inbound::parse_dsn(entry.payload.as_bytes()).map(|d| inbound::dsn::to_events(&d))
-        }
+        Provider::Dsn => inbound::parse_dsn(entry.payload.as_bytes()).map(|d| dsn_events(&d)),
         p => match inbound::events::normalise(p, entry.payload.as_bytes()) {
             Err(InboundError::UnsupportedEvent { .. })
             | Err(InboundError::SubscriptionConfirmation { .. }) => Ok(Vec::new()),

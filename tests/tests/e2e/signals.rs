@@ -114,15 +114,16 @@ async fn every_provider_format_is_accepted_and_recorded_once() {
         let path = format!("/api/v1/webhooks/inbound/{provider}");
         let (status, out) = post(&s, &path, Some(&key), &[], &body).await;
         assert_eq!(status, 202, "{file}: {out}");
-        let recorded = out["recorded"].as_u64().unwrap() as u32;
-        assert!(recorded >= 1, "{file} recorded nothing: {out}");
+        // (A sample may repeat an event of an earlier sample: that one is a duplicate.)
+        let seen = out["recorded"].as_u64().unwrap() + out["duplicates"].as_u64().unwrap();
+        assert!(seen >= 1, "{file} carried no event: {out}");
         // The messages are not ours: recorded, and answered 202 so providers stop retrying.
-        assert_eq!(out["unmatched"], out["recorded"], "{file}: {out}");
+        assert_eq!(out["unmatched"].as_u64(), Some(seen), "{file}: {out}");
         // The same payload again is a duplicate of every event.
         let (status, again) = post(&s, &path, Some(&key), &[], &body).await;
         assert_eq!(status, 202, "{file}: {again}");
         assert_eq!(again["recorded"], 0, "{file}: {again}");
-        assert_eq!(again["duplicates"], out["recorded"], "{file}: {again}");
+        assert_eq!(again["duplicates"].as_u64(), Some(seen), "{file}: {again}");
     }
     // An SNS subscription confirmation is accepted without signals.
     let (status, out) = post(
@@ -630,8 +631,8 @@ async fn one_click_unsubscribe_from_a_delivered_marketing_message() {
 
     // A forged token is refused.
     let mut forged = path.clone();
-    forged.pop();
-    forged.push('A');
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
     let (status, _) = s
         .rest_raw(
             "POST",
