@@ -56,6 +56,9 @@ pub struct FileConfig {
     /// When set, marketing mail's `List-Unsubscribe` also offers
     /// `mailto:unsubscribe+<token>@<this domain>`.
     pub unsubscribe_mailto_domain: Option<String>,
+    /// When set, mail is sent with the return path `bounces+<message id>@<this domain>`
+    /// (VERP); pipe that domain's mail into `POST /api/v1/bounces/raw`.
+    pub bounce_domain: Option<String>,
 }
 
 /// One `[llm.<provider>]` table.
@@ -96,6 +99,7 @@ pub struct Config {
     /// `http://<the bound address>`.
     pub public_url: Option<String>,
     pub unsubscribe_mailto_domain: Option<String>,
+    pub bounce_domain: Option<String>,
 }
 
 /// What the command line and environment said (clap fills both).
@@ -212,6 +216,7 @@ impl Config {
             llm,
             public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
             unsubscribe_mailto_domain: file.unsubscribe_mailto_domain,
+            bounce_domain: file.bounce_domain,
         })
     }
 }

@@ -73,6 +73,7 @@ fn start_workers(
             .master_key
             .derive(workers::seal::UNSUBSCRIBE_KEY_CONTEXT),
     });
+    dispatch.bounce_domain = config.bounce_domain.clone();
     let mut reports = workers::reports::ReportConfig::new(app.master_key.clone());
     reports.retry_schedule = d.callback_retry_schedule.clone();
     (

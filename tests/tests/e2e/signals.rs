@@ -436,7 +436,10 @@ async fn a_hard_bounce_suppresses_the_address_and_the_next_send_is_refused() {
 async fn bounce_messages_are_parsed_matched_by_verp_and_replayable_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Sink::start();
-    let s = Server::start_with(dir.path(), "retry_schedule_ms = [300]\n");
+    let s = Server::start_with(
+        dir.path(),
+        "retry_schedule_ms = [300]\nbounce_domain = \"bounce.example.com\"\n",
+    );
     let (tenant, key) = setup_tenant(&s, &[("sink", sink.port, 1)]).await;
     let id = s
         .send_ok(
@@ -445,6 +448,10 @@ async fn bounce_messages_are_parsed_matched_by_verp_and_replayable_from_the_log(
         )
         .await;
     wait_status(&s, &key, &id, "sent", SLOW).await;
+    // The return path is the VERP address that names the message.
+    let simple = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
+    let d = sink.arrived(1, SLOW).await;
+    assert_eq!(d[0].mail_from, format!("bounces+{simple}@bounce.example.com"));
     let raw = String::from_utf8(fixture("dsn/postfix_5_1_1.eml"))
         .unwrap()
         .replace(

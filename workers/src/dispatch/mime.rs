@@ -246,6 +246,24 @@ pub(super) fn build(
     })
 }
 
+/// Replaces the envelope sender with a VERP return path naming the message.
+pub(super) fn with_return_path(
+    built: Built,
+    m: &MessageQueued,
+    bounce_domain: &str,
+) -> Result<Built, String> {
+    let verp = inbound::verp::encode("bounces", &m.message_id.to_string(), bounce_domain);
+    let from = verp
+        .parse::<lettre::Address>()
+        .map_err(|e| format!("the return path {verp:?} is not an address: {e}"))?;
+    let envelope = Envelope::new(Some(from), built.envelope.to().to_vec())
+        .map_err(|e| format!("the envelope could not be built: {e}"))?;
+    Ok(Built {
+        envelope,
+        bytes: built.bytes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

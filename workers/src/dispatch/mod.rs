@@ -80,6 +80,9 @@ pub struct DispatchConfig {
     pub hello_name: String,
     /// One-click unsubscribe links (RFC 8058) in marketing mail; `None` adds no header.
     pub unsubscribe: Option<UnsubscribeLinks>,
+    /// When set, the envelope sender (return path) is `bounces+<message id>@<this domain>`
+    /// (VERP), so a bounce names its message even when it quotes no headers.
+    pub bounce_domain: Option<String>,
 }
 
 /// Where the `List-Unsubscribe` header of marketing mail points, and the key that signs
@@ -120,6 +123,7 @@ impl DispatchConfig {
             smtp_timeout: Duration::from_secs(30),
             hello_name: "postledger.localhost".into(),
             unsubscribe: None,
+            bounce_domain: None,
         }
     }
 }

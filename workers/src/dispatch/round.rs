@@ -851,10 +851,16 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
     let message = loaded.message.clone();
     let blobs = ctx.config.blobs.clone();
     let links = ctx.config.unsubscribe.clone();
-    let built =
-        tokio::task::spawn_blocking(move || mime::build(&message, &blobs, tenant, links.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(format!("building the message panicked: {e}")));
+    let bounce_domain = ctx.config.bounce_domain.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let built = mime::build(&message, &blobs, tenant, links.as_ref())?;
+        match bounce_domain {
+            Some(domain) => mime::with_return_path(built, &message, &domain),
+            None => Ok(built),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("building the message panicked: {e}")));
     let tried = match built {
         Err(reason) => {
             tracing::warn!(
