@@ -213,6 +213,10 @@ pub enum BenchCommand {
         /// Distinct addresses in the imported CSV.
         #[arg(long, default_value_t = 1_000_000)]
         entries: usize,
+        /// sled's page cache for the run (the `cache_mb` setting): sized to hold the
+        /// suppression read model, as a deployment with that many entries would be.
+        #[arg(long, default_value_t = 1024)]
+        cache_mb: u64,
         /// Where to put the benchmark's data folder (a fresh temporary one by default).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -291,9 +295,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            command: BenchCommand::Suppressions { entries, dir },
+            command:
+                BenchCommand::Suppressions {
+                    entries,
+                    cache_mb,
+                    dir,
+                },
         } => {
-            let report = crate::bench_suppressions::run(entries, dir)?;
+            let report = crate::bench_suppressions::run(entries, cache_mb, dir)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -628,9 +628,10 @@ pub async fn remove(
     existing.ok_or_else(not_found)
 }
 
-/// The partition's history from the log: every add and removal of `address`, oldest
-/// first. Reads the partition's whole suppression stream, so it is meant for one address
-/// at a time, not for listing.
+/// The history of `address` from the log: its single adds and removals (with the note and
+/// the removed entry), oldest first. Imported entries are on their import's stream and
+/// are not listed here. Reads the partition's whole suppression stream, so it is meant for
+/// one address at a time, not for listing.
 pub async fn history(
     app: &App,
     ctx: &Ctx,

@@ -5,13 +5,15 @@
 //! - `e/<p>/<address>` → the entry ([`Stored`], bincode), in address order for listing;
 //! - `c/<p>/<canonical address>\0<address>` → `()`: the plus/Gmail-normalised index, so
 //!   that with plus addressing on, `a+x@example.com` and `A.B@googlemail.com` find entries
-//!   stored as `a@example.com` and `ab@gmail.com`;
+//!   stored as `a@example.com` and `ab@gmail.com`. Only addresses that are not their own
+//!   canonical form are indexed (`a+x@example.com`, `a.b@gmail.com`): the others are found
+//!   by their entry key, and most addresses are canonical, so the index stays small and
+//!   an entry costs one sled insert rather than two;
 //! - `n/<p>` → `u64`: how many entries the partition holds, kept in the same batch.
 //!
-//! A look-up is one or two sled reads per partition: a point get of the exact address (or,
-//! with plus addressing, a one-item range read of the canonical index), and only on a hit a
-//! read of the entry, whose first bytes (what mail it stops, until when) are decoded without
-//! allocating.
+//! A look-up is one sled read per partition: a point get of the exact address. With plus
+//! addressing it is a get of the canonical spelling and a one-item range read of the index
+//! (and on an index hit, the entry). A miss decodes nothing.
 use chrono::{DateTime, Utc};
 use domain::message::Category;
 use domain::suppression::{
@@ -98,9 +100,13 @@ fn canonical_prefix(partition: Uuid, canonical: &str) -> Vec<u8> {
     k
 }
 
-/// `c/<p>/<normalise(address, true)>\0<address>`; `None` for an implausible address.
+/// `c/<p>/<normalise(address, true)>\0<address>`; `None` when the address is its own
+/// canonical form (its entry key is found directly) or is implausible.
 pub fn canonical_key(partition: Uuid, address: &str) -> Option<Vec<u8>> {
     let canonical = normalise(address, true)?;
+    if canonical == address {
+        return None;
+    }
     let mut k = canonical_prefix(partition, &canonical);
     k.extend_from_slice(address.as_bytes());
     Some(k)
@@ -113,8 +119,7 @@ fn count_key(partition: Uuid) -> Vec<u8> {
 }
 
 /// The stored form of an entry. bincode cannot carry the domain type's skipped optional
-/// fields, so it is mirrored field for field. The first two fields are what a look-up
-/// needs: [`Head`] decodes just them.
+/// fields, so it is mirrored field for field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stored {
     applies_to: AppliesTo,
@@ -129,14 +134,7 @@ struct Stored {
     message_id: Option<Uuid>,
 }
 
-/// The leading fields of [`Stored`]: decoding them allocates nothing.
-#[derive(Deserialize)]
-struct Head {
-    applies_to: AppliesTo,
-    expires_at_us: Option<i64>,
-}
-
-impl Head {
+impl Stored {
     fn blocks(&self, category: Category, now_us: i64) -> bool {
         self.expires_at_us.is_none_or(|e| e > now_us)
             && (self.applies_to == AppliesTo::All || category == Category::Marketing)
@@ -324,21 +322,19 @@ impl SuppressionsRead {
     }
 
     /// The first entry among `addresses` of `partition` that stops `category` at `now`.
-    fn first_blocking(
+    /// One sled read per address; a miss decodes nothing.
+    fn first_blocking<'a>(
         &self,
         partition: Uuid,
-        addresses: impl IntoIterator<Item = String>,
+        addresses: impl IntoIterator<Item = &'a str>,
         category: Category,
         now_us: i64,
     ) -> Result<Option<Suppression>> {
         for a in addresses {
-            let k = entry_key(partition, &a);
-            let blocks = self
-                .model
-                .get::<Head>(&k)?
-                .is_some_and(|h| h.blocks(category, now_us));
-            if blocks {
-                return Ok(self.model.get::<Stored>(&k)?.map(Suppression::from));
+            if let Some(s) = self.model.get::<Stored>(&entry_key(partition, a))? {
+                if s.blocks(category, now_us) {
+                    return Ok(Some(Suppression::from(s)));
+                }
             }
         }
         Ok(None)
@@ -355,8 +351,18 @@ impl SuppressionsRead {
         category: Category,
         now: DateTime<Utc>,
     ) -> Result<Option<Suppression>> {
-        let Some(exact) = normalise(address, false) else {
-            return Ok(None);
+        // Already lower-case printable ASCII: used as it is (an implausible address matches
+        // no stored key, every one of which is valid), without allocating.
+        let exact = if address
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase())
+        {
+            std::borrow::Cow::Borrowed(address)
+        } else {
+            match normalise(address, false) {
+                Some(a) => std::borrow::Cow::Owned(a),
+                None => return Ok(None),
+            }
         };
         let canonical = if plus_addressing {
             normalise(&exact, true)
@@ -371,11 +377,18 @@ impl SuppressionsRead {
         };
         for &p in partitions {
             let found = match &canonical {
-                // The canonical index holds every entry, the exact one included.
-                Some(c) => {
-                    self.first_blocking(p, self.canonical_matches(p, c)?, category, now_us)?
-                }
-                None => self.first_blocking(p, [exact.clone()], category, now_us)?,
+                // The entry stored under the canonical spelling itself, then the others the
+                // index knows (the exact spelling is one of the two).
+                Some(c) => match self.first_blocking(p, [c.as_str()], category, now_us)? {
+                    Some(s) => Some(s),
+                    None => self.first_blocking(
+                        p,
+                        self.canonical_matches(p, c)?.iter().map(String::as_str),
+                        category,
+                        now_us,
+                    )?,
+                },
+                None => self.first_blocking(p, [exact.as_ref()], category, now_us)?,
             };
             if found.is_some() {
                 return Ok(found);
@@ -399,11 +412,11 @@ impl SuppressionsRead {
         let mut addresses = vec![exact.clone()];
         if plus_addressing {
             if let Some(c) = normalise(&exact, true) {
-                addresses.extend(
-                    self.canonical_matches(partition, &c)?
-                        .into_iter()
-                        .filter(|a| *a != exact),
-                );
+                let others = self.canonical_matches(partition, &c)?;
+                if c != exact {
+                    addresses.push(c);
+                }
+                addresses.extend(others.into_iter().filter(|a| *a != exact));
             }
         }
         let mut out = Vec::new();
@@ -464,6 +477,22 @@ impl SuppressionsRead {
                     .and_then(|a| std::str::from_utf8(a).ok())
                     .map(str::to_string);
                 return Ok(page);
+            }
+        }
+    }
+
+    /// Reads the whole model once, so that sled has every page in memory before the first
+    /// look-ups (sled loads pages lazily: the first look-up into a cold page costs a disk
+    /// read). Answers how many keys it read; meant for a background thread at start.
+    pub fn warm(&self) -> Result<u64> {
+        let mut after: Option<Vec<u8>> = None;
+        let mut n = 0u64;
+        loop {
+            let page = self.model.scan::<()>(b"", after.as_deref(), 8192)?;
+            n += page.len() as u64;
+            match page.into_iter().last() {
+                Some((k, ())) => after = Some(k),
+                None => return Ok(n),
             }
         }
     }
@@ -579,20 +608,23 @@ mod tests {
         want.extend_from_slice(p.as_bytes());
         assert_eq!(count_key(p), want);
         assert_eq!(canonical_key(p, "not an address"), None);
+        // A canonical address is found by its entry key and has no index key.
+        assert_eq!(canonical_key(p, "a@example.com"), None);
+        assert_eq!(canonical_key(p, "ab@gmail.com"), None);
     }
 
     #[test]
-    fn stored_entries_round_trip_and_the_head_decodes_alone() {
+    fn stored_entries_round_trip() {
         let mut s = entry("a@example.com");
         s.expires_at = Some(at(10));
         s.applies_to = AppliesTo::Marketing;
         let bytes = crate::model::encode(&Stored::from(&s)).unwrap();
         let back: Stored = crate::model::decode(&bytes).unwrap();
         assert_eq!(Suppression::from(back), s);
-        let head: Head = crate::model::decode(&bytes).unwrap();
-        assert!(head.blocks(Category::Marketing, at(9).timestamp_micros()));
-        assert!(!head.blocks(Category::Transactional, at(9).timestamp_micros()));
-        assert!(!head.blocks(Category::Marketing, at(10).timestamp_micros()));
+        let stored: Stored = crate::model::decode(&bytes).unwrap();
+        assert!(stored.blocks(Category::Marketing, at(9).timestamp_micros()));
+        assert!(!stored.blocks(Category::Transactional, at(9).timestamp_micros()));
+        assert!(!stored.blocks(Category::Marketing, at(10).timestamp_micros()));
     }
 
     #[test]
@@ -764,6 +796,9 @@ mod tests {
                 .reason,
             Reason::Complaint
         );
+        let mut index = b"mc/".to_vec();
+        index.extend_from_slice(tenant.as_bytes());
+        assert_eq!(f.tree.scan_prefix(&index).count(), 1);
         f.apply(tenant, &[removed(&a)]);
         let r = f.read();
         assert!(r.get(tenant, "a.b@gmail.com").unwrap().is_none());
