@@ -311,6 +311,11 @@ pub fn summary(e: &RecordedEvent) -> String {
     use domain::drafting::{DraftingEvent, DRAFTING_SETTINGS_STREAM};
     use domain::mail_settings::{MailSettingsEvent, MAIL_SETTINGS_STREAM};
     use domain::message::{MessageEvent, MESSAGE_STREAM};
+    use domain::signals::{
+        SignalEvent, MESSAGE_SIGNAL_STREAM, SIGNAL_SETTINGS_STREAM, UNMATCHED_SIGNAL_STREAM,
+        WEBHOOK_LOG_STREAM,
+    };
+    use domain::suppression::{SuppressionEvent, SUPPRESSION_IMPORT_STREAM, SUPPRESSION_STREAM};
     use domain::template::{TemplateEvent, TEMPLATE_RENDER_STREAM, TEMPLATE_STREAM};
     let (t, v, p) = (
         e.event_type.as_str(),
@@ -326,6 +331,13 @@ pub fn summary(e: &RecordedEvent) -> String {
             TemplateEvent::decode(t, v, p).map(|ev| ev.summary())
         }
         DRAFTING_SETTINGS_STREAM => DraftingEvent::decode(t, v, p).map(|ev| ev.summary()),
+        SUPPRESSION_STREAM | SUPPRESSION_IMPORT_STREAM => {
+            SuppressionEvent::decode(t, v, p).map(|ev| ev.summary())
+        }
+        SIGNAL_SETTINGS_STREAM
+        | WEBHOOK_LOG_STREAM
+        | MESSAGE_SIGNAL_STREAM
+        | UNMATCHED_SIGNAL_STREAM => SignalEvent::decode(t, v, p).map(|ev| ev.summary()),
         _ => return e.event_type.clone(),
     };
     line.unwrap_or_else(|_| e.event_type.clone())

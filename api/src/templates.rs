@@ -36,8 +36,11 @@ use crate::service::{execute_on, metadata, new_events, Ctx};
 /// a draft's cache entry is keyed by its content digest, so entries never go stale.
 #[derive(Clone, Default)]
 pub struct TemplateCache {
-    inner: Arc<Mutex<HashMap<(Uuid, String), Arc<Compiled>>>>,
+    inner: Arc<Mutex<CompiledByDigest>>,
 }
+
+/// (tenant, content digest) → the compiled version.
+type CompiledByDigest = HashMap<(Uuid, String), Arc<Compiled>>;
 
 const CACHE_ENTRIES: usize = 4096;
 

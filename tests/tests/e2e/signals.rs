@@ -451,7 +451,10 @@ async fn bounce_messages_are_parsed_matched_by_verp_and_replayable_from_the_log(
     // The return path is the VERP address that names the message.
     let simple = uuid::Uuid::parse_str(&id).unwrap().simple().to_string();
     let d = sink.arrived(1, SLOW).await;
-    assert_eq!(d[0].mail_from, format!("bounces+{simple}@bounce.example.com"));
+    assert_eq!(
+        d[0].mail_from,
+        format!("bounces+{simple}@bounce.example.com")
+    );
     let raw = String::from_utf8(fixture("dsn/postfix_5_1_1.eml"))
         .unwrap()
         .replace(
