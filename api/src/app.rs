@@ -7,7 +7,7 @@ use eventlog::{BlobStore, EventLog, Options};
 use projections::mail_settings::MailSettingsRead;
 use projections::messages::Messages;
 use projections::signals::SignalsRead;
-use projections::suppressions::SuppressionsRead;
+use projections::suppressions::{SuppressionIndex, SuppressionsProjector, SuppressionsRead};
 use projections::templates::TemplatesRead;
 use projections::{tenants::Tenants, Projections};
 use workers::seal::MasterKey;
@@ -61,7 +61,13 @@ impl App {
 
     /// Starts the projections over an opened log. Must run inside a tokio runtime.
     pub fn start(log: EventLog, config: &Config) -> Result<App, eventlog::Error> {
-        let projections = Projections::start(log.clone(), projections::all())
+        // Loaded before the projections start, so that no event is applied meanwhile.
+        let suppression_index =
+            SuppressionIndex::open(&log).map_err(|e| eventlog::Error::Storage(e.to_string()))?;
+        let projectors = projections::with_suppressions(SuppressionsProjector::with_index(
+            suppression_index.clone(),
+        ));
+        let projections = Projections::start(log.clone(), projectors)
             .map_err(|e| eventlog::Error::Storage(e.to_string()))?;
         let model = |name: &str| {
             projections
@@ -72,7 +78,10 @@ impl App {
         let mail = MailSettingsRead::new(model(projections::mail_settings::NAME)?);
         let messages = Messages::new(model(projections::messages::NAME)?);
         let templates = TemplatesRead::new(model(projections::templates::NAME)?);
-        let suppressions = SuppressionsRead::new(model(projections::suppressions::NAME)?);
+        let suppressions = SuppressionsRead::with_index(
+            model(projections::suppressions::NAME)?,
+            suppression_index,
+        );
         let signal_counts = SignalsRead::new(model(projections::signals::NAME)?);
         let blobs = BlobStore::open(&config.data_dir.join("blobs"))?;
         Ok(App {

@@ -34,12 +34,20 @@ pub use runner::{rebuild_offline, ProjectionStatus, Projections, Projector, Rebu
 
 /// Every projector Postledger runs, in one place so the server and the CLI agree.
 pub fn all() -> Vec<Arc<dyn Projector>> {
+    with_suppressions(suppressions::SuppressionsProjector::default())
+}
+
+/// [`all`], with `suppressions` as the suppressions projector (the server's keeps the
+/// in-memory index its look-ups use: [`suppressions::SuppressionIndex`]).
+pub fn with_suppressions(
+    suppressions: suppressions::SuppressionsProjector,
+) -> Vec<Arc<dyn Projector>> {
     vec![
         Arc::new(tenants::TenantsProjector),
         Arc::new(mail_settings::MailSettingsProjector),
         Arc::new(messages::MessagesProjector),
         Arc::new(templates::TemplatesProjector),
-        Arc::new(suppressions::SuppressionsProjector),
+        Arc::new(suppressions),
         Arc::new(signals::SignalsProjector),
     ]
 }

@@ -14,6 +14,17 @@
 //! A look-up is one sled read per partition: a point get of the exact address. With plus
 //! addressing it is a get of the canonical spelling and a one-item range read of the index
 //! (and on an index hit, the entry). A miss decodes nothing.
+//!
+//! The send path's check ([`SuppressionsRead::lookup`]) is answered from a
+//! [`SuppressionIndex`] kept in memory beside the tree when the server shares one between
+//! the projector and the read side (see [`SuppressionIndex`]): it decides from memory,
+//! and only an entry that stops the mail is read from sled (one get), so a miss reads no
+//! sled at all.
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
 use chrono::{DateTime, Utc};
 use domain::message::Category;
 use domain::suppression::{
@@ -26,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{ModelRead, ModelWrite};
+use crate::model::{decode, model_key, read_checkpoint, ModelRead, ModelWrite};
 use crate::runner::Projector;
 
 pub const NAME: &str = "suppressions";
@@ -179,9 +190,294 @@ impl From<Stored> for Suppression {
     }
 }
 
-pub struct SuppressionsProjector;
+/// The first two fields of [`Stored`]: all the index needs, decoded without the rest.
+#[derive(Deserialize)]
+struct StoredHead {
+    applies_to: AppliesTo,
+    expires_at_us: Option<i64>,
+}
+
+/// An address of a partition, as a 128-bit keyed digest (two SipHash-1-3 with random
+/// per-process keys: never stored, and not predictable by whoever chooses addresses).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Digest(u64, u64);
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already a keyed hash: hashed again by nothing (see `PassThrough`).
+        state.write_u64(self.0);
+    }
+}
+
+/// A `Hasher` for [`Digest`] keys, which are already uniformly distributed.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by `Digest`; folds anything else in rather than losing it.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type DigestMap<V> = HashMap<Digest, V, BuildHasherDefault<PassThrough>>;
+
+/// What the index keeps of an entry: enough to decide whether it stops a send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Compact {
+    /// `i64::MAX` when the entry does not expire.
+    expires_at_us: i64,
+    marketing_only: bool,
+}
+
+impl Compact {
+    fn new(applies_to: AppliesTo, expires_at_us: Option<i64>) -> Self {
+        Compact {
+            expires_at_us: expires_at_us.unwrap_or(i64::MAX),
+            marketing_only: applies_to != AppliesTo::All,
+        }
+    }
+
+    /// The same decision as [`Stored::blocks`].
+    fn blocks(self, category: Category, now_us: i64) -> bool {
+        self.expires_at_us > now_us && (!self.marketing_only || category == Category::Marketing)
+    }
+}
+
+#[derive(Default)]
+struct Maps {
+    /// Every entry, by the digest of (partition, address).
+    entries: DigestMap<Compact>,
+    /// By the digest of (partition, canonical address): the stored addresses that are not
+    /// their own canonical form, in address order (the sled `c/` index, in memory).
+    canonical: DigestMap<Vec<Box<str>>>,
+    /// The position of the last event applied to the index (the tree's checkpoint when it
+    /// was loaded): an event at or before it means the tree was cleared for a rebuild.
+    last_position: u64,
+}
+
+/// The suppression entries of every partition, in memory, for [`SuppressionsRead::lookup`].
+///
+/// One is loaded from the tree at start ([`SuppressionIndex::open`], before the projections
+/// start, so no event is applied meanwhile) and shared by the [`SuppressionsProjector`],
+/// which updates it in `apply`, and the [`SuppressionsRead`], which answers from it.
+///
+/// **The index can be a moment ahead of sled**: `apply` updates it as each event is
+/// applied, and the projector's sled batch (with the checkpoint) commits after the chunk.
+/// That is acceptable because the read model is disposable and rebuilt from the log, and
+/// because a look-up confirms every entry that stops a send by reading it from sled: an
+/// entry the index has and sled has not yet (or any digest collision) answers "no entry",
+/// just as sled alone would. If a chunk then fails to commit, the projection halts until a
+/// rebuild, which resets the index too.
+///
+/// Rebuilds: both `Projections::rebuild` and `rebuild_offline` clear the tree and replay
+/// from position 1, and `apply` never otherwise sees a position at or before one it has
+/// applied (replayed chunks skip applied events), so the first suppression event at or
+/// before `last_position` clears the index. Between the tree being cleared and that event
+/// the index still holds the pre-rebuild entries (each confirmed from sled, as above).
+pub struct SuppressionIndex {
+    keys: (RandomState, RandomState),
+    maps: RwLock<Maps>,
+}
+
+impl SuppressionIndex {
+    /// An empty index, for an empty tree at position 0.
+    pub fn empty() -> Arc<SuppressionIndex> {
+        Arc::new(SuppressionIndex {
+            keys: (RandomState::new(), RandomState::new()),
+            maps: RwLock::new(Maps::default()),
+        })
+    }
+
+    /// Loads the index of the suppressions tree of `log` (`rm.suppressions`). Call it before
+    /// the projections start.
+    pub fn open(log: &eventlog::EventLog) -> Result<Arc<SuppressionIndex>> {
+        let tree = log.db().open_tree(format!("rm.{NAME}"))?;
+        Self::load(&tree)
+    }
+
+    /// Loads the index from a suppressions tree (one pass over its entries).
+    pub(crate) fn load(tree: &sled::Tree) -> Result<Arc<SuppressionIndex>> {
+        let index = Self::empty();
+        {
+            let mut maps = index.write();
+            let prefix = model_key(b"e/");
+            // `me/` + partition + `/`.
+            let base = prefix.len() + 17;
+            for item in tree.scan_prefix(&prefix) {
+                let (k, v) = item?;
+                let partition = k
+                    .get(prefix.len()..prefix.len() + 16)
+                    .and_then(|b| Uuid::from_slice(b).ok());
+                let address = k.get(base..).and_then(|a| std::str::from_utf8(a).ok());
+                let (Some(partition), Some(address)) = (partition, address) else {
+                    return Err(Error::Corrupt(format!("suppression key {k:?}")));
+                };
+                let head: StoredHead = decode(&v)?;
+                index.insert(
+                    &mut maps,
+                    partition,
+                    address,
+                    Compact::new(head.applies_to, head.expires_at_us),
+                );
+            }
+            maps.last_position = read_checkpoint(tree)?;
+        }
+        Ok(index)
+    }
+
+    fn digest(&self, partition: Uuid, address: &str) -> Digest {
+        let one = |k: &RandomState| {
+            let mut h = k.build_hasher();
+            h.write(partition.as_bytes());
+            h.write(address.as_bytes());
+            h.finish()
+        };
+        Digest(one(&self.keys.0), one(&self.keys.1))
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
+        // A panic while holding the lock leaves maps that are still whole (every update is
+        // a single map operation): carry on with them.
+        self.maps
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        self.maps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Puts (or replaces) an entry.
+    fn insert(&self, maps: &mut Maps, partition: Uuid, address: &str, c: Compact) {
+        let new = maps
+            .entries
+            .insert(self.digest(partition, address), c)
+            .is_none();
+        if new {
+            if let Some(canonical) = normalise(address, true).filter(|n| n != address) {
+                let list = maps
+                    .canonical
+                    .entry(self.digest(partition, &canonical))
+                    .or_default();
+                if let Err(at) = list.binary_search_by(|a| a.as_ref().cmp(address)) {
+                    list.insert(at, address.into());
+                }
+            }
+        }
+    }
+
+    fn remove(&self, maps: &mut Maps, partition: Uuid, address: &str) {
+        if maps
+            .entries
+            .remove(&self.digest(partition, address))
+            .is_none()
+        {
+            return;
+        }
+        if let Some(canonical) = normalise(address, true).filter(|n| n != address) {
+            let d = self.digest(partition, &canonical);
+            if let Some(list) = maps.canonical.get_mut(&d) {
+                list.retain(|a| a.as_ref() != address);
+                if list.is_empty() {
+                    maps.canonical.remove(&d);
+                }
+            }
+        }
+    }
+
+    /// Applies one decoded event at `position` (see the type's notes on rebuilds).
+    fn apply(&self, position: u64, partition: Uuid, event: &SuppressionEvent) {
+        let mut maps = self.write();
+        if position <= maps.last_position {
+            *maps = Maps::default();
+        }
+        maps.last_position = position;
+        match event {
+            SuppressionEvent::Added(s) => {
+                let c = Compact::new(s.applies_to, s.expires_at.map(|t| t.timestamp_micros()));
+                self.insert(&mut maps, partition, &s.address, c);
+            }
+            SuppressionEvent::Imported(i) => {
+                for s in &i.entries {
+                    let c = Compact::new(s.applies_to, s.expires_at.map(|t| t.timestamp_micros()));
+                    self.insert(&mut maps, partition, &s.address, c);
+                }
+            }
+            SuppressionEvent::Removed(r) => self.remove(&mut maps, partition, &r.address),
+        }
+    }
+
+    /// The addresses of `partition` that may stop `category` at `now` for `exact` (and,
+    /// given, its canonical form), in the order sled look-ups try them: exactly the
+    /// candidates [`SuppressionsRead::lookup_in_sled`] would find blocking, or more.
+    fn candidates(
+        &self,
+        partition: Uuid,
+        exact: &str,
+        canonical: Option<&str>,
+        category: Category,
+        now_us: i64,
+        out: &mut Vec<Box<str>>,
+    ) {
+        let maps = self.read();
+        let blocks = |a: &str| {
+            maps.entries
+                .get(&self.digest(partition, a))
+                .is_some_and(|c| c.blocks(category, now_us))
+        };
+        match canonical {
+            Some(c) => {
+                if blocks(c) {
+                    out.push(c.into());
+                }
+                if let Some(others) = maps.canonical.get(&self.digest(partition, c)) {
+                    out.extend(others.iter().filter(|a| blocks(a)).cloned());
+                }
+            }
+            None => {
+                if blocks(exact) {
+                    out.push(exact.into());
+                }
+            }
+        }
+    }
+
+    /// How many entries the index holds (every partition).
+    pub fn len(&self) -> usize {
+        self.read().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Projects suppression events into the tree, and into a shared [`SuppressionIndex`] when
+/// it has one (the server's; the CLI's offline rebuild has none).
+#[derive(Default)]
+pub struct SuppressionsProjector {
+    index: Option<Arc<SuppressionIndex>>,
+}
 
 impl SuppressionsProjector {
+    /// A projector that keeps `index` up to date as it applies events.
+    pub fn with_index(index: Arc<SuppressionIndex>) -> Self {
+        SuppressionsProjector { index: Some(index) }
+    }
+
     /// Puts one entry; returns whether the address is new in the partition.
     fn put(model: &mut ModelWrite<'_>, partition: Uuid, s: &Suppression) -> Result<bool> {
         let ek = entry_key(partition, &s.address);
@@ -227,6 +523,9 @@ impl Projector for SuppressionsProjector {
             },
         )?;
         let partition = e.tenant;
+        if let Some(index) = &self.index {
+            index.apply(e.position, partition, &event);
+        }
         match event {
             SuppressionEvent::Added(s) => {
                 let new = Self::put(model, partition, &s)?;
@@ -289,11 +588,23 @@ pub struct SuppressionPage {
 #[derive(Clone)]
 pub struct SuppressionsRead {
     model: ModelRead,
+    index: Option<Arc<SuppressionIndex>>,
 }
 
 impl SuppressionsRead {
+    /// Queries answered from sled alone.
     pub fn new(model: ModelRead) -> Self {
-        SuppressionsRead { model }
+        SuppressionsRead { model, index: None }
+    }
+
+    /// Queries whose [`SuppressionsRead::lookup`] is answered from `index`, which the
+    /// projector of the same tree must keep up to date
+    /// ([`SuppressionsProjector::with_index`]).
+    pub fn with_index(model: ModelRead, index: Arc<SuppressionIndex>) -> Self {
+        SuppressionsRead {
+            model,
+            index: Some(index),
+        }
     }
 
     /// The entry stored under exactly `address` (lower-cased here), expired or not.
@@ -375,11 +686,46 @@ impl SuppressionsRead {
         } else {
             &[tenant, GLOBAL_TENANT]
         };
+        let Some(index) = &self.index else {
+            return self.lookup_in_sled(partitions, &exact, canonical.as_deref(), category, now_us);
+        };
+        // The index names the entries that would stop the mail (a miss reads nothing from
+        // sled); each is confirmed and returned from sled, in the order sled alone tries
+        // them, so the answer is the same.
+        let mut candidates = Vec::new();
         for &p in partitions {
-            let found = match &canonical {
+            candidates.clear();
+            index.candidates(
+                p,
+                &exact,
+                canonical.as_deref(),
+                category,
+                now_us,
+                &mut candidates,
+            );
+            let found =
+                self.first_blocking(p, candidates.iter().map(AsRef::as_ref), category, now_us)?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`SuppressionsRead::lookup`] from sled alone.
+    fn lookup_in_sled(
+        &self,
+        partitions: &[Uuid],
+        exact: &str,
+        canonical: Option<&str>,
+        category: Category,
+        now_us: i64,
+    ) -> Result<Option<Suppression>> {
+        for &p in partitions {
+            let found = match canonical {
                 // The entry stored under the canonical spelling itself, then the others the
                 // index knows (the exact spelling is one of the two).
-                Some(c) => match self.first_blocking(p, [c.as_str()], category, now_us)? {
+                Some(c) => match self.first_blocking(p, [c], category, now_us)? {
                     Some(s) => Some(s),
                     None => self.first_blocking(
                         p,
@@ -388,7 +734,7 @@ impl SuppressionsRead {
                         now_us,
                     )?,
                 },
-                None => self.first_blocking(p, [exact.as_ref()], category, now_us)?,
+                None => self.first_blocking(p, [exact], category, now_us)?,
             };
             if found.is_some() {
                 return Ok(found);
@@ -533,6 +879,8 @@ mod tests {
         _dir: tempfile::TempDir,
         tree: sled::Tree,
         position: u64,
+        index: Arc<SuppressionIndex>,
+        projector: SuppressionsProjector,
     }
 
     impl Fixture {
@@ -540,10 +888,13 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let db = sled::open(dir.path().join("db")).unwrap();
             let tree = db.open_tree("rm.suppressions").unwrap();
+            let index = SuppressionIndex::load(&tree).unwrap();
             Fixture {
                 _dir: dir,
                 tree,
                 position: 0,
+                projector: SuppressionsProjector::with_index(index.clone()),
+                index,
             }
         }
 
@@ -572,12 +923,18 @@ mod tests {
                     hash: [0; 32],
                     payload: ev.encode(),
                 };
-                SuppressionsProjector.apply(&recorded, &mut model).unwrap();
+                self.projector.apply(&recorded, &mut model).unwrap();
             }
             model.commit(self.position).unwrap();
         }
 
+        /// Look-ups answered from the index the projector keeps.
         fn read(&self) -> SuppressionsRead {
+            SuppressionsRead::with_index(ModelRead::new(self.tree.clone()), self.index.clone())
+        }
+
+        /// Look-ups answered from sled alone.
+        fn sled_read(&self) -> SuppressionsRead {
             SuppressionsRead::new(ModelRead::new(self.tree.clone()))
         }
     }
@@ -829,6 +1186,134 @@ mod tests {
         let r = f.read();
         assert_eq!(r.count(tenant).unwrap(), 300);
         assert!(r.get(tenant, "user0299@example.com").unwrap().is_some());
+    }
+
+    #[test]
+    fn the_index_answers_as_sled_does_and_survives_reload_and_rebuild() {
+        let tenant = Uuid::now_v7();
+        let mut f = Fixture::new();
+        let mut marketing = entry("m@example.com");
+        marketing.applies_to = AppliesTo::Marketing;
+        let mut expiring = entry("x@example.com");
+        expiring.expires_at = Some(at(10));
+        let plus = entry("jane+news@example.com");
+        let gmail = entry("a.b@gmail.com");
+        let gone = entry("gone@example.com");
+        let tenant_events = vec![
+            SuppressionEvent::Added(marketing),
+            SuppressionEvent::Added(expiring),
+            SuppressionEvent::Added(plus.clone()),
+            SuppressionEvent::Added(gmail),
+            SuppressionEvent::Added(gone.clone()),
+            SuppressionEvent::Imported(SuppressionsImported {
+                import_id: Uuid::now_v7(),
+                chunk: 1,
+                entries: (0..20)
+                    .map(|i| entry(&format!("u{i}+t@example.com")))
+                    .collect(),
+            }),
+            removed(&gone),
+        ];
+        f.apply(tenant, &tenant_events);
+        let mut global = entry("g@example.com");
+        global.scope = Scope::Global;
+        f.apply(GLOBAL_TENANT, &[SuppressionEvent::Added(global)]);
+        // 5 added, 1 removed, 20 imported, 1 global.
+        assert_eq!(f.index.len(), 25);
+
+        let probes = [
+            "m@example.com",
+            "x@example.com",
+            "X@Example.com",
+            "jane@example.com",
+            "jane+other@example.com",
+            "jane+news@example.com",
+            "ab@gmail.com",
+            "A.B+x@googlemail.com",
+            "gone@example.com",
+            "g@example.com",
+            "g+x@example.com",
+            "u7@example.com",
+            "u7+t@example.com",
+            "nobody@example.com",
+            "not an address",
+        ];
+        let compare = |f: &Fixture, index: &Arc<SuppressionIndex>| {
+            let fast = SuppressionsRead::with_index(ModelRead::new(f.tree.clone()), index.clone());
+            let slow = f.sled_read();
+            let mut hits = 0;
+            for t in [tenant, Uuid::now_v7(), GLOBAL_TENANT] {
+                for a in probes {
+                    for plus in [false, true] {
+                        for c in [Category::Transactional, Category::Marketing] {
+                            for now in [at(1), at(10)] {
+                                let want = slow.lookup(t, a, plus, c, now).unwrap();
+                                let got = fast.lookup(t, a, plus, c, now).unwrap();
+                                assert_eq!(got, want, "{t} {a} plus={plus} {c:?} {now}");
+                                hits += usize::from(got.is_some());
+                            }
+                        }
+                    }
+                }
+            }
+            hits
+        };
+        let hits = compare(&f, &f.index);
+        assert!(hits > 50, "{hits}");
+        let r = f.read();
+        let t = Category::Transactional;
+        assert_eq!(
+            r.lookup(tenant, "jane@example.com", true, t, at(1))
+                .unwrap()
+                .unwrap()
+                .address,
+            "jane+news@example.com"
+        );
+        assert!(r
+            .lookup(tenant, "gone@example.com", false, t, at(1))
+            .unwrap()
+            .is_none());
+        assert!(r
+            .lookup(tenant, "x@example.com", false, t, at(10))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            r.lookup(tenant, "g@example.com", false, t, at(1))
+                .unwrap()
+                .unwrap()
+                .scope,
+            Scope::Global
+        );
+
+        // Loaded afresh from the tree (a restart), the index answers the same.
+        let reloaded = SuppressionIndex::load(&f.tree).unwrap();
+        assert_eq!(reloaded.len(), 25);
+        assert_eq!(compare(&f, &reloaded), hits);
+
+        // Removing the plus address takes it out of the canonical index too.
+        f.apply(tenant, &[removed(&plus)]);
+        assert!(r
+            .lookup(tenant, "jane@example.com", true, t, at(1))
+            .unwrap()
+            .is_none());
+
+        // A rebuild clears the tree and replays from the start: the index starts over.
+        f.tree.clear().unwrap();
+        f.position = 0;
+        f.apply(
+            tenant,
+            &[SuppressionEvent::Added(entry("only@example.com"))],
+        );
+        assert_eq!(f.index.len(), 1);
+        assert!(r
+            .lookup(tenant, "g@example.com", false, t, at(1))
+            .unwrap()
+            .is_none());
+        assert!(r
+            .lookup(tenant, "only@example.com", false, t, at(1))
+            .unwrap()
+            .is_some());
+        compare(&f, &f.index);
     }
 
     #[test]
