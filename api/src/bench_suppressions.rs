@@ -164,7 +164,7 @@ pub fn run(entries: usize, cache_mb: u64, dir: Option<PathBuf>) -> anyhow::Resul
     );
     // Look-ups are measured on a settled store: what the import wrote is flushed first, so
     // sled's background flush does not run during them.
-    app.log.db().flush()?;
+    app.log.models_db().flush()?;
     let stored = app.suppressions.count(tenant)?;
     anyhow::ensure!(stored == n, "the read model holds {stored} of {n} entries");
     // A first pass straight after the import: sled loads pages lazily, so it pays for

@@ -108,6 +108,10 @@ pub struct EventLog {
 
 struct Inner {
     db: sled::Db,
+    /// The read models' own database (`<dir>/readmodels`). Kept apart so that the log's
+    /// per-append `flush` writes only the log's pages: read models are rebuildable, their
+    /// checkpoint is atomic with them, and sled flushes them in the background.
+    models: sled::Db,
     tree: sled::Tree,
     path: PathBuf,
     payload_key: [u8; 32],
@@ -151,6 +155,12 @@ impl EventLog {
                 }
                 other => Error::from(other),
             })?;
+        let models = sled::Config::new()
+            .path(dir.join("readmodels"))
+            .cache_capacity(options.cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(1000))
+            .open()?;
         let tree = db.open_tree("log")?;
         let format_key = keys::meta("format");
         match tree.get(&format_key)? {
@@ -230,6 +240,7 @@ impl EventLog {
         Ok(EventLog {
             inner: Arc::new(Inner {
                 db,
+                models,
                 tree,
                 path: dir.to_path_buf(),
                 payload_key: options.payload_key,
@@ -245,6 +256,11 @@ impl EventLog {
     /// holds one lock.
     pub fn db(&self) -> &sled::Db {
         &self.inner.db
+    }
+
+    /// The read models' database, beside the log in the same folder (and under its lock).
+    pub fn models_db(&self) -> &sled::Db {
+        &self.inner.models
     }
 
     pub fn path(&self) -> &Path {

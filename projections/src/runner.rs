@@ -93,7 +93,7 @@ impl Projections {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         for projector in projectors {
-            let tree = log.db().open_tree(tree_name(projector.name()))?;
+            let tree = log.models_db().open_tree(tree_name(projector.name()))?;
             let start = read_checkpoint(&tree)?;
             let (cp_tx, cp_rx) = watch::channel(start);
             let (reset_tx, reset_rx) = mpsc::channel(4);
@@ -332,7 +332,7 @@ pub fn rebuild_offline(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RebuildReport> {
     let started = Instant::now();
-    let tree = log.db().open_tree(tree_name(projector.name()))?;
+    let tree = log.models_db().open_tree(tree_name(projector.name()))?;
     tree.clear()?;
     let head = log.head();
     let mut after = 0;
@@ -345,7 +345,7 @@ pub fn rebuild_offline(
         after = last;
         progress(after, head);
     }
-    log.db().flush()?;
+    log.models_db().flush()?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(RebuildReport {
         name: projector.name().to_string(),

@@ -317,7 +317,7 @@ impl SuppressionIndex {
     /// Loads the index of the suppressions tree of `log` (`rm.suppressions`). Call it before
     /// the projections start.
     pub fn open(log: &eventlog::EventLog) -> Result<Arc<SuppressionIndex>> {
-        let tree = log.db().open_tree(format!("rm.{NAME}"))?;
+        let tree = log.models_db().open_tree(format!("rm.{NAME}"))?;
         Self::load(&tree)
     }
 
