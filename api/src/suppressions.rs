@@ -1202,33 +1202,6 @@ mod tests {
     }
 
     #[test]
-    fn the_read_model_normalises_as_the_inbound_crate_does() {
-        for a in [
-            "Jane.Doe@Example.COM",
-            " a@b.example ",
-            "jane+news@example.com",
-            "+news@example.com",
-            "j.a.n.e+x@gmail.com",
-            "Jane.Doe@GoogleMail.com",
-            ".@gmail.com",
-            "a+@gmail.com",
-            "no-at-sign",
-            "a@@b.c",
-            "a@b..c",
-            "İx@example.com",
-            "",
-        ] {
-            for plus in [false, true] {
-                assert_eq!(
-                    projections::suppressions::normalise(a, plus),
-                    inbound::address::normalise(a, plus),
-                    "{a:?} {plus}"
-                );
-            }
-        }
-    }
-
-    #[test]
     fn csv_header_rules() {
         let h = |s: &str| csv::ByteRecord::from(s.split(',').collect::<Vec<_>>());
         assert!(columns(&h("address")).is_ok());

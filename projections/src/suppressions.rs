@@ -44,47 +44,9 @@ pub const NAME: &str = "suppressions";
 /// Entries a `list` call reads at most, matching or not, before it hands back a cursor.
 pub const SCAN_BUDGET: usize = 20_000;
 
-/// The longest address SMTP carries; the same limit as `inbound::address::MAX_LEN`.
-const MAX_LEN: usize = 254;
-
-/// Normalises `email` for matching, exactly as `inbound::address::normalise` does (the api
-/// crate tests that the two agree): trimmed and lower-cased; with `plus_addressing`, a
-/// `+tag` is dropped and Gmail's dots and `googlemail.com` are folded. `None` when it is
-/// not a plausible address.
-pub fn normalise(email: &str, plus_addressing: bool) -> Option<String> {
-    let email = email.trim();
-    if email.is_empty() || email.len() > MAX_LEN {
-        return None;
-    }
-    if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return None;
-    }
-    let (local, domain) = email.split_once('@')?;
-    if local.is_empty() || domain.is_empty() || domain.contains('@') {
-        return None;
-    }
-    if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
-        return None;
-    }
-    let mut local = local.to_lowercase();
-    let mut domain = domain.to_lowercase();
-    if plus_addressing {
-        if let Some((base, _tag)) = local.split_once('+') {
-            if !base.is_empty() {
-                local = base.to_string();
-            }
-        }
-        if domain == "gmail.com" || domain == "googlemail.com" {
-            domain = "gmail.com".to_string();
-            let undotted: String = local.chars().filter(|c| *c != '.').collect();
-            if !undotted.is_empty() {
-                local = undotted;
-            }
-        }
-    }
-    let normalised = format!("{local}@{domain}");
-    (normalised.len() <= MAX_LEN).then_some(normalised)
-}
+/// Matching normalisation (lower-cased; with plus addressing, `+tag` dropped and Gmail's dots
+/// and `googlemail.com` folded): the same function the webhooks and the dispatcher use.
+pub use inbound::address::normalise;
 
 fn partition_key(tag: u8, partition: Uuid, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(19 + extra);
