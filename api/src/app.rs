@@ -14,7 +14,6 @@ use workers::seal::MasterKey;
 
 use crate::config::Config;
 use crate::secrets::Secrets;
-use crate::signals::SignalCache;
 use crate::templates::TemplateCache;
 
 /// Opens the event log of the configured data folder.
@@ -38,8 +37,6 @@ pub struct App {
     pub templates: TemplatesRead,
     pub suppressions: SuppressionsRead,
     pub signal_counts: SignalsRead,
-    /// Each tenant's plus-address matching setting, read on every send.
-    pub signal_cache: SignalCache,
     /// Compiled template versions, shared by renders and sends.
     pub template_cache: TemplateCache,
     pub drafter: Arc<Drafter>,
@@ -96,7 +93,6 @@ impl App {
             templates,
             suppressions,
             signal_counts,
-            signal_cache: SignalCache::default(),
             template_cache: TemplateCache::default(),
             drafter: Arc::new(Drafter::new()),
             llm: Arc::new(config.llm.clone()),

@@ -524,13 +524,15 @@ async fn screen_recipients(
     queued: &mut MessageQueued,
     now: DateTime<Utc>,
 ) -> Result<Vec<SuppressedRecipient>> {
-    let plus = crate::signals::plus_addressing(app, tenant).await?;
+    let plus = crate::suppressions::plus_addressing(app, tenant)?;
     let mut out = Vec::new();
     let category = queued.category;
     let mut keep = |list: &mut Vec<Mailbox>| -> Result<()> {
         let mut kept = Vec::with_capacity(list.len());
         for m in list.drain(..) {
-            match crate::signals::blocking_suppression(app, tenant, &m.email, plus, category, now)?
+            match app
+                .suppressions
+                .lookup(tenant, &m.email, plus, category, now)?
             {
                 Some(s) => out.push(SuppressedRecipient {
                     address: m.email,

@@ -7,7 +7,9 @@ use domain::{
     ApiKeyId, ApiKeyRole, DomainEvent, TenantCommand, TenantEvent, TenantId, TenantState,
     TENANT_STREAM,
 };
-use eventlog::{ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId, VerifyReport};
+use eventlog::{
+    EventLog, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StreamId, VerifyReport,
+};
 use projections::tenants::{ApiKeyView, TenantView};
 use uuid::Uuid;
 
@@ -58,7 +60,24 @@ pub(crate) fn metadata(ctx: &Ctx) -> Metadata {
 }
 
 /// Folds `stream` into its state with `apply`; returns the state and the stream version.
-async fn load<S, E>(
+pub(crate) fn fold<S: Default, E: DomainEvent>(
+    log: &EventLog,
+    tenant: Uuid,
+    stream: &StreamId,
+    apply: fn(&mut S, &E),
+) -> Result<(S, u64)> {
+    let mut state = S::default();
+    let mut version = 0;
+    for e in log.read_stream(tenant, stream, 1, usize::MAX)? {
+        let ev = E::decode(&e.event_type, e.schema_version, &e.payload)?;
+        apply(&mut state, &ev);
+        version = e.version;
+    }
+    Ok((state, version))
+}
+
+/// [`fold`] on a blocking thread.
+pub(crate) async fn load<S, E>(
     app: &App,
     tenant: Uuid,
     stream: &StreamId,
@@ -70,17 +89,7 @@ where
 {
     let log = app.log.clone();
     let stream = stream.clone();
-    blocking(move || {
-        let mut state = S::default();
-        let mut version = 0;
-        for e in log.read_stream(tenant, &stream, 1, usize::MAX)? {
-            let ev = E::decode(&e.event_type, e.schema_version, &e.payload)?;
-            apply(&mut state, &ev);
-            version = e.version;
-        }
-        Ok((state, version))
-    })
-    .await
+    blocking(move || fold(&log, tenant, &stream, apply)).await
 }
 
 /// The command cycle every write goes through: load the aggregate from its stream, decide

@@ -16,9 +16,7 @@ use domain::signals::{
     MAX_WEBHOOK_PAYLOAD, MESSAGE_SIGNAL_STREAM, SIGNAL_SETTINGS_STREAM, UNMATCHED_SIGNAL_STREAM,
     WEBHOOK_LOG_STREAM,
 };
-use domain::suppression::{
-    self, AppliesTo, Reason, Scope, Source, Suppression, SUPPRESSION_STREAM,
-};
+use domain::suppression::{AppliesTo, Reason, Scope, Source, Suppression};
 use domain::DomainEvent;
 use eventlog::{Actor, ExpectedVersion, Metadata, StreamId};
 use inbound::{EventKind, InboundError, InboundEvent, Provider};
@@ -29,7 +27,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::error::{ApiError, Result};
 use crate::sending::tenant_of;
-use crate::service::{blocking, execute_on, new_events, Ctx};
+use crate::service::{blocking, execute_on, load, new_events, Ctx};
 
 /// The context a tenant's inbound-webhook secret is sealed under.
 fn webhook_secret_context(tenant: Uuid) -> Vec<u8> {
@@ -44,15 +42,13 @@ fn settings_stream(tenant: Uuid) -> StreamId {
 
 /// The tenant's signal settings, folded from its (tiny) stream.
 pub async fn load_settings(app: &App, tenant: Uuid) -> Result<SignalSettings> {
-    let log = app.log.clone();
-    let events =
-        blocking(move || Ok(log.read_stream(tenant, &settings_stream(tenant), 1, usize::MAX)?))
-            .await?;
-    let mut state = SignalSettings::default();
-    for e in events {
-        let ev = SignalEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
-        signals::apply_settings(&mut state, &ev);
-    }
+    let (state, _) = load(
+        app,
+        tenant,
+        &settings_stream(tenant),
+        signals::apply_settings,
+    )
+    .await?;
     Ok(state)
 }
 
@@ -135,7 +131,6 @@ pub async fn set_settings(
     for e in &events {
         signals::apply_settings(&mut state, e);
     }
-    app.signal_cache.put(tenant, state.plus_addressing);
     Ok((state, secret))
 }
 
@@ -156,34 +151,6 @@ pub async fn settings(app: &App, ctx: &Ctx, requested: Option<Uuid>) -> Result<S
 
 // ---------------------------------------------------------------------------------------
 // Suppressions that signals cause
-
-/// Adds a suppression decided against the read model; `false` when it was already there.
-pub(crate) async fn suppress(
-    app: &App,
-    tenant: Uuid,
-    entry: Suppression,
-    meta: Metadata,
-) -> Result<bool> {
-    let existing = existing_entry(app, tenant, &entry.address)?;
-    let events = suppression::add(existing.as_ref(), entry, Utc::now())?;
-    if events.is_empty() {
-        return Ok(false);
-    }
-    let outcome = app
-        .log
-        .append(
-            tenant,
-            StreamId::new(SUPPRESSION_STREAM, tenant.to_string()),
-            ExpectedVersion::Any,
-            new_events(&events),
-            meta,
-        )
-        .await?;
-    app.projections
-        .wait_for(outcome.last_position, crate::service::READ_YOUR_WRITES)
-        .await;
-    Ok(true)
-}
 
 fn consequence(kind: &SignalKind) -> Option<(Reason, AppliesTo)> {
     match kind {
@@ -365,7 +332,7 @@ async fn record_one(
                 note: None,
                 message_id,
             };
-            suppress(app, tenant, entry, meta.clone()).await?;
+            crate::suppressions::suppress_as(app, tenant, entry, meta.clone()).await?;
         }
     }
     Ok((new, message_id.is_some()))
@@ -854,7 +821,7 @@ pub async fn unsubscribe(app: &App, u: &Unsubscribe) -> Result<()> {
         note: None,
         message_id: Some(u.message),
     };
-    suppress(app, u.tenant, entry, system_meta("unsubscribe-link")).await?;
+    crate::suppressions::suppress_as(app, u.tenant, entry, system_meta("unsubscribe-link")).await?;
     Ok(())
 }
 
@@ -868,48 +835,4 @@ pub fn is_unsubscribed(app: &App, u: &Unsubscribe, now: DateTime<Utc>) -> Result
 
 fn existing_entry(app: &App, tenant: Uuid, address: &str) -> Result<Option<Suppression>> {
     Ok(app.suppressions.get(tenant, address)?)
-}
-
-/// The entry (the tenant's own, or a global one) that stops mail of `category` to
-/// `address` now.
-pub(crate) fn blocking_suppression(
-    app: &App,
-    tenant: Uuid,
-    address: &str,
-    plus: bool,
-    category: Category,
-    now: DateTime<Utc>,
-) -> Result<Option<Suppression>> {
-    Ok(app
-        .suppressions
-        .lookup(tenant, address, plus, category, now)?)
-}
-
-/// Plus-address matching setting of a tenant, cached: it is read on every send.
-pub async fn plus_addressing(app: &App, tenant: Uuid) -> Result<bool> {
-    if let Some(v) = app.signal_cache.get(tenant) {
-        return Ok(v);
-    }
-    let v = load_settings(app, tenant).await?.plus_addressing;
-    app.signal_cache.put(tenant, v);
-    Ok(v)
-}
-
-/// The per-tenant signal settings the send path needs, kept in memory. Only this process
-/// writes them (`set_settings` refreshes the entry), so the cache cannot go stale.
-#[derive(Clone, Default)]
-pub struct SignalCache {
-    inner: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<Uuid, bool>>>,
-}
-
-impl SignalCache {
-    fn get(&self, tenant: Uuid) -> Option<bool> {
-        self.inner.read().ok().and_then(|m| m.get(&tenant).copied())
-    }
-
-    fn put(&self, tenant: Uuid, plus: bool) {
-        if let Ok(mut m) = self.inner.write() {
-            m.insert(tenant, plus);
-        }
-    }
 }

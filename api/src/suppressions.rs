@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use domain::message::Category;
-use domain::signals::{apply_settings, SignalEvent, SignalSettings, SIGNAL_SETTINGS_STREAM};
+use domain::signals::{apply_settings, SignalSettings, SIGNAL_SETTINGS_STREAM};
 use domain::suppression::{
     self, AppliesTo, Reason, Scope, Source, Suppression, SuppressionEvent, GLOBAL_TENANT,
     SUPPRESSION_IMPORT_STREAM, SUPPRESSION_STREAM,
@@ -113,13 +113,8 @@ pub fn plus_addressing(app: &App, tenant: Uuid) -> Result<bool> {
             }
         }
     }
-    let mut settings = SignalSettings::default();
-    let mut folded = 0;
-    for e in app.log.read_stream(tenant, &stream, 1, usize::MAX)? {
-        let ev = SignalEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
-        apply_settings(&mut settings, &ev);
-        folded = e.version;
-    }
+    let (settings, folded): (SignalSettings, u64) =
+        crate::service::fold(&app.log, tenant, &stream, apply_settings)?;
     if let Ok(mut cache) = settings_cache().lock() {
         if cache.len() >= 100_000 {
             cache.clear();
@@ -151,7 +146,17 @@ pub fn blocking_entry(
 /// the caller checks who may do that). The address is lower-cased here. Idempotent:
 /// answers `false` when the same entry is already in force and nothing was recorded.
 /// Waits for the read model, so a look-up right after sees it.
-pub async fn suppress(app: &App, ctx: &Ctx, tenant: Uuid, mut entry: Suppression) -> Result<bool> {
+pub async fn suppress(app: &App, ctx: &Ctx, tenant: Uuid, entry: Suppression) -> Result<bool> {
+    suppress_as(app, tenant, entry, metadata(ctx)).await
+}
+
+/// [`suppress`] on behalf of whoever `meta` names (a webhook, an unsubscribe link).
+pub(crate) async fn suppress_as(
+    app: &App,
+    tenant: Uuid,
+    mut entry: Suppression,
+    meta: Metadata,
+) -> Result<bool> {
     let partition = if entry.scope == Scope::Global {
         GLOBAL_TENANT
     } else {
@@ -165,7 +170,7 @@ pub async fn suppress(app: &App, ctx: &Ctx, tenant: Uuid, mut entry: Suppression
     if events.is_empty() {
         return Ok(false);
     }
-    append(app, partition, new_events(&events), metadata(ctx)).await?;
+    append(app, partition, new_events(&events), meta).await?;
     Ok(true)
 }
 

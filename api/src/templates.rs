@@ -672,18 +672,13 @@ pub async fn drafting_defaults(
 }
 
 async fn load_defaults(app: &App, tenant: Uuid) -> Result<DraftingDefaults> {
-    let log = app.log.clone();
-    let events = crate::service::blocking(move || {
-        Ok(log.read_stream(tenant, &drafting_stream(tenant), 1, usize::MAX)?)
-    })
+    let (state, _) = crate::service::load(
+        app,
+        tenant,
+        &drafting_stream(tenant),
+        drafting_settings::apply,
+    )
     .await?;
-    let mut state = None;
-    for e in events {
-        use domain::DomainEvent;
-        let ev =
-            drafting_settings::DraftingEvent::decode(&e.event_type, e.schema_version, &e.payload)?;
-        drafting_settings::apply(&mut state, &ev);
-    }
     Ok(state.unwrap_or_default())
 }
 
