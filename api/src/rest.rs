@@ -79,26 +79,48 @@ pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     sending::parse_json(&body)
 }
 
-async fn send(app: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Reply {
-    // Authenticate before reading a possibly large body.
-    let (ctx, tenant) = caller(&app, &req)?;
-    let key = req
-        .headers()
+/// A small optional JSON body of at most `limit` bytes: nothing at all means `T::default()`.
+pub(crate) async fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    payload: web::Payload,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let body = read_body(payload, limit).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        sending::parse_json(&body)
+    }
+}
+
+/// The `Idempotency-Key` header, if any.
+pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    req.headers()
         .get("idempotency-key")
         .map(|v| {
             v.to_str()
                 .map(str::to_string)
                 .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))
         })
-        .transpose()?;
-    let body: SendRequest = json_body(&app, payload).await?;
-    let receipt = sending::send(&app, &ctx, tenant, body, key).await?;
+        .transpose()
+}
+
+/// 202 for a new message, 200 for a replay of an earlier request.
+pub(crate) fn receipt_reply(receipt: &sending::SendReceipt) -> HttpResponse {
     let status = if receipt.duplicate {
         actix_web::http::StatusCode::OK
     } else {
         actix_web::http::StatusCode::ACCEPTED
     };
-    Ok(HttpResponse::build(status).json(receipt))
+    HttpResponse::build(status).json(receipt)
+}
+
+async fn send(app: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Reply {
+    // Authenticate before reading a possibly large body.
+    let (ctx, tenant) = caller(&app, &req)?;
+    let key = idempotency_key(&req)?;
+    let body: SendRequest = json_body(&app, payload).await?;
+    let receipt = sending::send(&app, &ctx, tenant, body, key).await?;
+    Ok(receipt_reply(&receipt))
 }
 
 #[derive(Deserialize)]
@@ -196,12 +218,7 @@ async fn cancel_message(
 ) -> Reply {
     let (ctx, tenant) = caller(&app, &req)?;
     let id = path_id(&id, "MESSAGE_NOT_FOUND")?;
-    let body = read_body(payload, 64 * 1024).await?;
-    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CancelBody::default()
-    } else {
-        sending::parse_json(&body)?
-    };
+    let body: CancelBody = optional_body(payload, 64 * 1024).await?;
     let v = sending::cancel_message(&app, &ctx, tenant, id, body.reason).await?;
     Ok(HttpResponse::Ok().json(sending::message_json(&v)))
 }

@@ -6,8 +6,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::rest::{caller, json_body, Reply};
-use crate::server::read_body;
+use crate::rest::{caller, idempotency_key, json_body, optional_body, receipt_reply, Reply};
 use crate::templates::{
     self, CreateTemplateInput, DraftOutcome, DraftingDefaultsInput, GenerateInput, Review,
     ReviseInput, SendTemplateRequest, VersionInput,
@@ -57,18 +56,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 fn version_number(raw: &str) -> Result<u32, ApiError> {
     raw.parse::<u32>()
         .map_err(|_| ApiError::new(404, "TEMPLATE_VERSION_NOT_FOUND", "no such version"))
-}
-
-/// A small optional JSON body (`{}` or nothing at all is fine).
-async fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    payload: web::Payload,
-) -> Result<T, ApiError> {
-    let body = read_body(payload, 256 * 1024).await?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
-    } else {
-        crate::sending::parse_json(&body)
-    }
 }
 
 #[derive(Deserialize)]
@@ -184,7 +171,7 @@ async fn review_step(
 ) -> Reply {
     let (ctx, tenant) = caller(&app, &req)?;
     let n = version_number(&path.1)?;
-    let body: NoteBody = optional_body(payload).await?;
+    let body: NoteBody = optional_body(payload, 256 * 1024).await?;
     let t = templates::review(&app, &ctx, tenant, &path.0, n, step, body.note).await?;
     Ok(HttpResponse::Ok().json(templates::version_json(&t, n)))
 }
@@ -243,7 +230,7 @@ async fn render(
 ) -> Reply {
     let (ctx, tenant) = caller(&app, &req)?;
     let n = version_number(&path.1)?;
-    let body: RenderBody = optional_body(payload).await?;
+    let body: RenderBody = optional_body(payload, 256 * 1024).await?;
     let context = body.context.unwrap_or(Value::Null);
     let r = templates::test_render(&app, &ctx, tenant, &path.0, n, context, body.to).await?;
     Ok(HttpResponse::Ok().json(templates::rendered_json(n, &r)))
@@ -295,21 +282,8 @@ async fn set_defaults(app: web::Data<App>, req: HttpRequest, payload: web::Paylo
 
 async fn send_template(app: web::Data<App>, req: HttpRequest, payload: web::Payload) -> Reply {
     let (ctx, tenant) = caller(&app, &req)?;
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .map(str::to_string)
-                .map_err(|_| ApiError::invalid("Idempotency-Key", "must be visible ASCII"))
-        })
-        .transpose()?;
+    let key = idempotency_key(&req)?;
     let body: SendTemplateRequest = json_body(&app, payload).await?;
     let receipt = templates::send_template(&app, &ctx, tenant, body, key).await?;
-    let status = if receipt.duplicate {
-        actix_web::http::StatusCode::OK
-    } else {
-        actix_web::http::StatusCode::ACCEPTED
-    };
-    Ok(HttpResponse::build(status).json(receipt))
+    Ok(receipt_reply(&receipt))
 }
