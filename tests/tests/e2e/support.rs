@@ -281,6 +281,32 @@ impl Server {
         (status, value)
     }
 
+    /// A call under `/api/v1` with an API key; returns the status and the answer.
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.rest(method, &format!("/api/v1{path}"), Some(key), None, body)
+            .await
+    }
+
+    /// A call under `/api/v1` that must answer `status`; returns the answer.
+    pub async fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+        status: u16,
+    ) -> Value {
+        let (got, answer) = self.api(method, path, key, body).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        answer
+    }
+
     /// POST /api/v1/messages/send/ with the key; returns the status and the answer.
     pub async fn send(&self, key: &str, body: Value) -> (u16, Value) {
         self.rest(
@@ -406,4 +432,9 @@ pub async fn wait_status(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The `error.code` of an answer (`<no code>` when it is not an error).
+pub fn code(answer: &Value) -> &str {
+    answer["error"]["code"].as_str().unwrap_or("<no code>")
 }

@@ -5,40 +5,12 @@
 //! and export, the 422s, and the GraphQL surface.
 use serde_json::{json, Value};
 
-use crate::support::Server;
+use crate::support::{code, Server};
 
 async fn tenant_with_key(s: &Server, name: &str) -> (String, String, String) {
     let tenant = s.create_tenant(name).await;
     let (key_id, key) = s.issue_key(&tenant, "suppressions", None).await;
     (tenant, key_id, key)
-}
-
-async fn call(
-    s: &Server,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    s.rest(method, &format!("/api/v1{path}"), Some(key), None, body)
-        .await
-}
-
-async fn expect(
-    s: &Server,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-    status: u16,
-) -> Value {
-    let (got, answer) = call(s, method, path, key, body).await;
-    assert_eq!(got, status, "{method} {path}: {answer}");
-    answer
-}
-
-fn code(answer: &Value) -> &str {
-    answer["error"]["code"].as_str().unwrap_or("<no code>")
 }
 
 fn first_field(answer: &Value) -> &str {
@@ -99,9 +71,7 @@ async fn add_look_up_list_and_remove_with_the_original_kept_in_the_log() {
     let s = Server::start(dir.path());
     let (_, key_id, key) = tenant_with_key(&s, "Acme").await;
 
-    let added = expect(
-        &s,
-        "POST",
+    let added = s.expect("POST",
         "/suppressions/",
         &key,
         Some(json!({ "address": " Jane.Doe@Example.COM ", "reason": "hard_bounce", "note": "bounced twice" })),
@@ -116,15 +86,15 @@ async fn add_look_up_list_and_remove_with_the_original_kept_in_the_log() {
     assert_eq!(added["created_by"], format!("api_key:{key_id}"));
     assert_eq!(added["recorded"], true);
     // The same entry again records nothing.
-    let again = expect(
-        &s,
-        "POST",
-        "/suppressions/",
-        &key,
-        Some(json!({ "address": "jane.doe@example.com", "reason": "hard_bounce" })),
-        200,
-    )
-    .await;
+    let again = s
+        .expect(
+            "POST",
+            "/suppressions/",
+            &key,
+            Some(json!({ "address": "jane.doe@example.com", "reason": "hard_bounce" })),
+            200,
+        )
+        .await;
     assert_eq!(again["recorded"], false, "{again}");
 
     // Look-ups ignore case.
@@ -133,89 +103,73 @@ async fn add_look_up_list_and_remove_with_the_original_kept_in_the_log() {
         "JANE.DOE@EXAMPLE.COM",
         "Jane.Doe%40Example.com",
     ] {
-        let found = expect(
-            &s,
-            "GET",
-            &format!("/suppressions/{spelling}/"),
-            &key,
-            None,
-            200,
-        )
-        .await;
+        let found = s
+            .expect(
+                "GET",
+                &format!("/suppressions/{spelling}/"),
+                &key,
+                None,
+                200,
+            )
+            .await;
         assert_eq!(found["entry"]["address"], "jane.doe@example.com", "{found}");
         assert_eq!(found["globally_suppressed"], false);
         assert_eq!(found["blocks_transactional"], true);
     }
-    let missing = expect(
-        &s,
-        "GET",
-        "/suppressions/nobody@example.com/",
-        &key,
-        None,
-        404,
-    )
-    .await;
+    let missing = s
+        .expect("GET", "/suppressions/nobody@example.com/", &key, None, 404)
+        .await;
     assert_eq!(code(&missing), "SUPPRESSION_NOT_FOUND");
 
     // A marketing-only entry, and the listing with its filters and cursor.
-    expect(
-        &s,
-        "POST",
+    s.expect("POST",
         "/suppressions/",
         &key,
         Some(json!({ "address": "m@example.com", "applies_to": "marketing", "reason": "unsubscribe" })),
         201,
     )
     .await;
-    let m = expect(&s, "GET", "/suppressions/m@example.com/", &key, None, 200).await;
+    let m = s
+        .expect("GET", "/suppressions/m@example.com/", &key, None, 200)
+        .await;
     assert_eq!(m["blocks_transactional"], false, "{m}");
     assert_eq!(m["blocks_marketing"], true);
-    let all = expect(&s, "GET", "/suppressions/", &key, None, 200).await;
+    let all = s.expect("GET", "/suppressions/", &key, None, 200).await;
     assert_eq!(addresses(&all), ["jane.doe@example.com", "m@example.com"]);
     assert_eq!(all["total"], 2);
     assert_eq!(all["next_cursor"], Value::Null);
-    let marketing = expect(
-        &s,
-        "GET",
-        "/suppressions/?applies_to=marketing",
-        &key,
-        None,
-        200,
-    )
-    .await;
+    let marketing = s
+        .expect(
+            "GET",
+            "/suppressions/?applies_to=marketing",
+            &key,
+            None,
+            200,
+        )
+        .await;
     assert_eq!(addresses(&marketing), ["m@example.com"]);
-    let bounces = expect(
-        &s,
-        "GET",
-        "/suppressions/?reason=hard_bounce",
-        &key,
-        None,
-        200,
-    )
-    .await;
+    let bounces = s
+        .expect("GET", "/suppressions/?reason=hard_bounce", &key, None, 200)
+        .await;
     assert_eq!(addresses(&bounces), ["jane.doe@example.com"]);
-    let prefixed = expect(
-        &s,
-        "GET",
-        "/suppressions/?address_prefix=M",
-        &key,
-        None,
-        200,
-    )
-    .await;
+    let prefixed = s
+        .expect("GET", "/suppressions/?address_prefix=M", &key, None, 200)
+        .await;
     assert_eq!(addresses(&prefixed), ["m@example.com"]);
-    let page1 = expect(&s, "GET", "/suppressions/?limit=1", &key, None, 200).await;
+    let page1 = s
+        .expect("GET", "/suppressions/?limit=1", &key, None, 200)
+        .await;
     assert_eq!(addresses(&page1), ["jane.doe@example.com"]);
     let cursor = page1["next_cursor"].as_str().expect("cursor").to_string();
-    let page2 = expect(
-        &s,
-        "GET",
-        &format!("/suppressions/?limit=1&cursor={cursor}"),
-        &key,
-        None,
-        200,
-    )
-    .await;
+    let page2 = s
+        .expect(
+            "GET",
+            &format!("/suppressions/?limit=1&cursor={cursor}"),
+            &key,
+            None,
+            200,
+        )
+        .await;
     assert_eq!(addresses(&page2), ["m@example.com"]);
     for bad in [
         "reason=nope",
@@ -225,40 +179,41 @@ async fn add_look_up_list_and_remove_with_the_original_kept_in_the_log() {
         "colour=red",
         "scope=world",
     ] {
-        let a = expect(&s, "GET", &format!("/suppressions/?{bad}"), &key, None, 422).await;
+        let a = s
+            .expect("GET", &format!("/suppressions/?{bad}"), &key, None, 422)
+            .await;
         assert_eq!(code(&a), "VALIDATION_FAILED", "{bad}: {a}");
     }
 
     // Removal needs a note.
     for body in [None, Some(json!({})), Some(json!({ "note": "   " }))] {
-        let a = expect(
-            &s,
-            "DELETE",
-            "/suppressions/jane.doe@example.com/",
-            &key,
-            body,
-            422,
-        )
-        .await;
+        let a = s
+            .expect(
+                "DELETE",
+                "/suppressions/jane.doe@example.com/",
+                &key,
+                body,
+                422,
+            )
+            .await;
         assert_eq!(code(&a), "VALIDATION_FAILED", "{a}");
         assert_eq!(first_field(&a), "note", "{a}");
     }
-    let removed = expect(
-        &s,
-        "DELETE",
-        "/suppressions/Jane.Doe@example.com/",
-        &key,
-        Some(json!({ "note": "the customer asked by phone" })),
-        200,
-    )
-    .await;
+    let removed = s
+        .expect(
+            "DELETE",
+            "/suppressions/Jane.Doe@example.com/",
+            &key,
+            Some(json!({ "note": "the customer asked by phone" })),
+            200,
+        )
+        .await;
     assert_eq!(
         removed["removed"]["address"], "jane.doe@example.com",
         "{removed}"
     );
     assert_eq!(removed["removed_by"], format!("api_key:{key_id}"));
-    expect(
-        &s,
+    s.expect(
         "GET",
         "/suppressions/jane.doe@example.com/",
         &key,
@@ -266,29 +221,29 @@ async fn add_look_up_list_and_remove_with_the_original_kept_in_the_log() {
         404,
     )
     .await;
-    let gone = expect(
-        &s,
-        "DELETE",
-        "/suppressions/jane.doe@example.com/",
-        &key,
-        Some(json!({ "note": "again" })),
-        404,
-    )
-    .await;
+    let gone = s
+        .expect(
+            "DELETE",
+            "/suppressions/jane.doe@example.com/",
+            &key,
+            Some(json!({ "note": "again" })),
+            404,
+        )
+        .await;
     assert_eq!(code(&gone), "SUPPRESSION_NOT_FOUND");
-    let after = expect(&s, "GET", "/suppressions/", &key, None, 200).await;
+    let after = s.expect("GET", "/suppressions/", &key, None, 200).await;
     assert_eq!(after["total"], 1);
 
     // The log keeps the removal, its note, and the entry as it was.
-    let history = expect(
-        &s,
-        "GET",
-        "/suppressions/jane.doe@example.com/events/",
-        &key,
-        None,
-        200,
-    )
-    .await;
+    let history = s
+        .expect(
+            "GET",
+            "/suppressions/jane.doe@example.com/events/",
+            &key,
+            None,
+            200,
+        )
+        .await;
     let events = history["events"].as_array().expect("events");
     let types: Vec<_> = events
         .iter()
@@ -363,7 +318,9 @@ async fn malformed_input_is_a_422_naming_the_field() {
         ),
         (json!({ "address": 5 }), "address"),
     ] {
-        let a = expect(&s, "POST", "/suppressions/", &key, Some(body.clone()), 422).await;
+        let a = s
+            .expect("POST", "/suppressions/", &key, Some(body.clone()), 422)
+            .await;
         assert_eq!(code(&a), "VALIDATION_FAILED", "{body}: {a}");
         assert!(
             first_field(&a).starts_with(field)
@@ -382,7 +339,7 @@ async fn malformed_input_is_a_422_naming_the_field() {
     .await;
     assert_eq!(status, 400, "{text}");
     // Nothing was recorded.
-    let list = expect(&s, "GET", "/suppressions/", &key, None, 200).await;
+    let list = s.expect("GET", "/suppressions/", &key, None, 200).await;
     assert_eq!(list["total"], 0, "{list}");
     s.stop();
 }
@@ -393,8 +350,7 @@ async fn plus_and_gmail_spellings_match_only_once_the_tenant_turns_them_on() {
     let s = Server::start(dir.path());
     let (_, _, key) = tenant_with_key(&s, "Acme").await;
     for a in ["a@example.com", "ab@gmail.com"] {
-        expect(
-            &s,
+        s.expect(
             "POST",
             "/suppressions/",
             &key,
@@ -409,47 +365,48 @@ async fn plus_and_gmail_spellings_match_only_once_the_tenant_turns_them_on() {
         ("a.b+x@gmail.com", "ab@gmail.com"),
     ];
     for (spelling, _) in spellings {
-        let a = expect(
-            &s,
-            "GET",
-            &format!("/suppressions/{spelling}/"),
-            &key,
-            None,
-            404,
-        )
-        .await;
+        let a = s
+            .expect(
+                "GET",
+                &format!("/suppressions/{spelling}/"),
+                &key,
+                None,
+                404,
+            )
+            .await;
         assert_eq!(code(&a), "SUPPRESSION_NOT_FOUND", "{spelling}");
     }
     // Needs the signals API (`PUT /api/v1/signals/settings/`).
-    let set = expect(
-        &s,
-        "PUT",
-        "/signals/settings/",
-        &key,
-        Some(json!({ "plus_addressing": true })),
-        200,
-    )
-    .await;
-    assert!(set.to_string().contains("plus_addressing"), "{set}");
-    for (spelling, stored) in spellings {
-        let a = expect(
-            &s,
-            "GET",
-            &format!("/suppressions/{spelling}/"),
+    let set = s
+        .expect(
+            "PUT",
+            "/signals/settings/",
             &key,
-            None,
+            Some(json!({ "plus_addressing": true })),
             200,
         )
         .await;
+    assert!(set.to_string().contains("plus_addressing"), "{set}");
+    for (spelling, stored) in spellings {
+        let a = s
+            .expect(
+                "GET",
+                &format!("/suppressions/{spelling}/"),
+                &key,
+                None,
+                200,
+            )
+            .await;
         assert_eq!(a["entry"]["address"], stored, "{spelling}: {a}");
         assert_eq!(a["plus_addressing"], true);
     }
     // Still conservative: other domains keep their dots, and no tag is not a match.
-    expect(&s, "GET", "/suppressions/a.b@example.com/", &key, None, 404).await;
-    expect(&s, "GET", "/suppressions/b@example.com/", &key, None, 404).await;
+    s.expect("GET", "/suppressions/a.b@example.com/", &key, None, 404)
+        .await;
+    s.expect("GET", "/suppressions/b@example.com/", &key, None, 404)
+        .await;
     // Removal goes by the stored address only.
-    expect(
-        &s,
+    s.expect(
         "DELETE",
         "/suppressions/a+news@example.com/",
         &key,
@@ -468,22 +425,22 @@ async fn global_entries_are_the_operators_and_bind_every_tenant() {
     let (_, _, b_key) = tenant_with_key(&s, "B").await;
 
     // A tenant key cannot touch global scope.
-    let refused = expect(
-        &s,
-        "POST",
-        "/suppressions/",
-        &a_key,
-        Some(json!({ "address": "g@example.com", "scope": "global" })),
-        403,
-    )
-    .await;
+    let refused = s
+        .expect(
+            "POST",
+            "/suppressions/",
+            &a_key,
+            Some(json!({ "address": "g@example.com", "scope": "global" })),
+            403,
+        )
+        .await;
     assert_eq!(code(&refused), "FORBIDDEN", "{refused}");
     for (method, path) in [
         ("GET", "/suppressions/?scope=global"),
         ("GET", "/suppressions/g@example.com/?scope=global"),
         ("GET", "/suppressions/export/?scope=global"),
     ] {
-        let a = expect(&s, method, path, &a_key, None, 403).await;
+        let a = s.expect(method, path, &a_key, None, 403).await;
         assert_eq!(code(&a), "FORBIDDEN", "{path}");
     }
 
@@ -503,26 +460,27 @@ async fn global_entries_are_the_operators_and_bind_every_tenant() {
 
     // Every tenant learns that it is suppressed, but not the entry.
     for key in [&a_key, &b_key] {
-        let found = expect(&s, "GET", "/suppressions/g@example.com/", key, None, 200).await;
+        let found = s
+            .expect("GET", "/suppressions/g@example.com/", key, None, 200)
+            .await;
         assert_eq!(found["globally_suppressed"], true, "{found}");
         assert_eq!(found["entry"], Value::Null, "{found}");
         assert_eq!(found["blocks_transactional"], true);
         assert!(!found.to_string().contains("spam trap"), "{found}");
-        let own = expect(&s, "GET", "/suppressions/", key, None, 200).await;
+        let own = s.expect("GET", "/suppressions/", key, None, 200).await;
         assert_eq!(own["total"], 0, "{own}");
         // Nor can a tenant remove it.
-        let a = expect(
-            &s,
-            "DELETE",
-            "/suppressions/g@example.com/?scope=global",
-            key,
-            Some(json!({ "note": "mine now" })),
-            403,
-        )
-        .await;
+        let a = s
+            .expect(
+                "DELETE",
+                "/suppressions/g@example.com/?scope=global",
+                key,
+                Some(json!({ "note": "mine now" })),
+                403,
+            )
+            .await;
         assert_eq!(code(&a), "FORBIDDEN");
-        expect(
-            &s,
+        s.expect(
             "DELETE",
             "/suppressions/g@example.com/",
             key,
@@ -556,8 +514,7 @@ async fn global_entries_are_the_operators_and_bind_every_tenant() {
     assert_eq!(one["entry"]["note"], "spam trap");
 
     // A tenant's own entry and the global one together.
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/suppressions/",
         &a_key,
@@ -565,7 +522,9 @@ async fn global_entries_are_the_operators_and_bind_every_tenant() {
         201,
     )
     .await;
-    let both = expect(&s, "GET", "/suppressions/g@example.com/", &a_key, None, 200).await;
+    let both = s
+        .expect("GET", "/suppressions/g@example.com/", &a_key, None, 200)
+        .await;
     assert_eq!(both["entry"]["applies_to"], "marketing", "{both}");
     assert_eq!(both["globally_suppressed"], true);
 
@@ -579,8 +538,11 @@ async fn global_entries_are_the_operators_and_bind_every_tenant() {
         )
         .await;
     assert_eq!(status, 200, "{removed}");
-    expect(&s, "GET", "/suppressions/g@example.com/", &b_key, None, 404).await;
-    let a_only = expect(&s, "GET", "/suppressions/g@example.com/", &a_key, None, 200).await;
+    s.expect("GET", "/suppressions/g@example.com/", &b_key, None, 404)
+        .await;
+    let a_only = s
+        .expect("GET", "/suppressions/g@example.com/", &a_key, None, 200)
+        .await;
     assert_eq!(a_only["globally_suppressed"], false, "{a_only}");
     s.stop();
 }
@@ -591,8 +553,7 @@ async fn a_tenant_never_sees_or_removes_another_tenants_entries() {
     let s = Server::start(dir.path());
     let (a, _, a_key) = tenant_with_key(&s, "A").await;
     let (b, _, b_key) = tenant_with_key(&s, "B").await;
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/suppressions/",
         &a_key,
@@ -601,31 +562,35 @@ async fn a_tenant_never_sees_or_removes_another_tenants_entries() {
     )
     .await;
     // B gets exactly what it gets for an address nobody suppressed.
-    let theirs = expect(&s, "GET", "/suppressions/x@example.com/", &b_key, None, 404).await;
-    let absent = expect(&s, "GET", "/suppressions/y@example.com/", &b_key, None, 404).await;
+    let theirs = s
+        .expect("GET", "/suppressions/x@example.com/", &b_key, None, 404)
+        .await;
+    let absent = s
+        .expect("GET", "/suppressions/y@example.com/", &b_key, None, 404)
+        .await;
     assert_eq!(theirs["error"]["code"], absent["error"]["code"]);
     assert_eq!(theirs["error"]["message"], absent["error"]["message"]);
-    let del = expect(
-        &s,
-        "DELETE",
-        "/suppressions/x@example.com/",
-        &b_key,
-        Some(json!({ "note": "gone" })),
-        404,
-    )
-    .await;
+    let del = s
+        .expect(
+            "DELETE",
+            "/suppressions/x@example.com/",
+            &b_key,
+            Some(json!({ "note": "gone" })),
+            404,
+        )
+        .await;
     assert_eq!(code(&del), "SUPPRESSION_NOT_FOUND");
-    let hist = expect(
-        &s,
-        "GET",
-        "/suppressions/x@example.com/events/",
-        &b_key,
-        None,
-        404,
-    )
-    .await;
+    let hist = s
+        .expect(
+            "GET",
+            "/suppressions/x@example.com/events/",
+            &b_key,
+            None,
+            404,
+        )
+        .await;
     assert_eq!(code(&hist), "SUPPRESSION_NOT_FOUND");
-    let list = expect(&s, "GET", "/suppressions/", &b_key, None, 200).await;
+    let list = s.expect("GET", "/suppressions/", &b_key, None, 200).await;
     assert_eq!(list["total"], 0);
     let (_, _, export) = raw(&s, "GET", "/suppressions/export/", &b_key, "", None).await;
     assert!(!export.contains("x@example.com"), "{export}");
@@ -657,7 +622,8 @@ async fn a_tenant_never_sees_or_removes_another_tenants_entries() {
         .await;
     assert_eq!(status, 404, "{for_b}");
     // A still has it.
-    expect(&s, "GET", "/suppressions/x@example.com/", &a_key, None, 200).await;
+    s.expect("GET", "/suppressions/x@example.com/", &a_key, None, 200)
+        .await;
     s.stop();
 }
 
@@ -666,8 +632,7 @@ async fn bulk_adds_are_answered_per_entry() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path());
     let (_, _, key) = tenant_with_key(&s, "Acme").await;
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/suppressions/",
         &key,
@@ -675,12 +640,12 @@ async fn bulk_adds_are_answered_per_entry() {
         201,
     )
     .await;
-    let answer = expect(
-        &s,
-        "POST",
-        "/suppressions/bulk/",
-        &key,
-        Some(json!({ "entries": [
+    let answer = s
+        .expect(
+            "POST",
+            "/suppressions/bulk/",
+            &key,
+            Some(json!({ "entries": [
             { "address": "one@example.com", "reason": "complaint" },
             { "address": "not an address" },
             { "address": "old@example.com" },
@@ -689,9 +654,9 @@ async fn bulk_adds_are_answered_per_entry() {
             { "address": "three@example.com", "applies_to": "marketing" },
             "not an object",
         ] })),
-        200,
-    )
-    .await;
+            200,
+        )
+        .await;
     let outcomes: Vec<_> = answer["results"]
         .as_array()
         .expect("results")
@@ -719,7 +684,7 @@ async fn bulk_adds_are_answered_per_entry() {
         "entries[1].address"
     );
     assert_eq!(answer["results"][4]["status"], 403);
-    let list = expect(&s, "GET", "/suppressions/", &key, None, 200).await;
+    let list = s.expect("GET", "/suppressions/", &key, None, 200).await;
     assert_eq!(
         addresses(&list),
         ["old@example.com", "one@example.com", "three@example.com"]
@@ -727,25 +692,25 @@ async fn bulk_adds_are_answered_per_entry() {
     let too_many: Vec<Value> = (0..1001)
         .map(|i| json!({ "address": format!("u{i}@example.com") }))
         .collect();
-    let a = expect(
-        &s,
-        "POST",
-        "/suppressions/bulk/",
-        &key,
-        Some(json!({ "entries": too_many })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/suppressions/bulk/",
+            &key,
+            Some(json!({ "entries": too_many })),
+            422,
+        )
+        .await;
     assert_eq!(first_field(&a), "entries");
-    let a = expect(
-        &s,
-        "POST",
-        "/suppressions/bulk/",
-        &key,
-        Some(json!({ "entries": [] })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/suppressions/bulk/",
+            &key,
+            Some(json!({ "entries": [] })),
+            422,
+        )
+        .await;
     assert_eq!(first_field(&a), "entries");
     s.stop();
 }
@@ -792,50 +757,37 @@ async fn csv_import_reports_bad_rows_by_line_and_export_round_trips() {
     let import_id = report["import_id"].as_str().expect("import id").to_string();
 
     // Progress, from the log.
-    let progress = expect(
-        &s,
-        "GET",
-        &format!("/suppressions/import/{import_id}/"),
-        &a_key,
-        None,
-        200,
-    )
-    .await;
+    let progress = s
+        .expect(
+            "GET",
+            &format!("/suppressions/import/{import_id}/"),
+            &a_key,
+            None,
+            200,
+        )
+        .await;
     assert_eq!(progress["entries"], 4, "{progress}");
     assert_eq!(progress["chunks"], 1, "{progress}");
-    let other = expect(
-        &s,
-        "GET",
-        &format!("/suppressions/import/{import_id}/"),
-        &b_key,
-        None,
-        404,
-    )
-    .await;
+    let other = s
+        .expect(
+            "GET",
+            &format!("/suppressions/import/{import_id}/"),
+            &b_key,
+            None,
+            404,
+        )
+        .await;
     assert_eq!(code(&other), "SUPPRESSION_IMPORT_NOT_FOUND");
 
     // The entries are there, recorded as imported.
-    let bob = expect(
-        &s,
-        "GET",
-        "/suppressions/bob@example.com/",
-        &a_key,
-        None,
-        200,
-    )
-    .await;
+    let bob = s
+        .expect("GET", "/suppressions/bob@example.com/", &a_key, None, 200)
+        .await;
     assert_eq!(bob["entry"]["source"], "import", "{bob}");
     assert_eq!(bob["entry"]["note"], "asked, politely");
     assert_eq!(bob["entry"]["applies_to"], "marketing");
-    expect(
-        &s,
-        "GET",
-        "/suppressions/alice@example.com/",
-        &a_key,
-        None,
-        200,
-    )
-    .await;
+    s.expect("GET", "/suppressions/alice@example.com/", &a_key, None, 200)
+        .await;
 
     // Export: the same columns, quoted where needed.
     let (status, ct, exported) = raw(&s, "GET", "/suppressions/export/", &a_key, "", None).await;
@@ -905,15 +857,15 @@ async fn csv_import_reports_bad_rows_by_line_and_export_round_trips() {
     )
     .await;
     assert_eq!(status, 403, "{refused}");
-    let unknown = expect(
-        &s,
-        "GET",
-        &format!("/suppressions/import/{}/", uuid::Uuid::now_v7()),
-        &a_key,
-        None,
-        404,
-    )
-    .await;
+    let unknown = s
+        .expect(
+            "GET",
+            &format!("/suppressions/import/{}/", uuid::Uuid::now_v7()),
+            &a_key,
+            None,
+            404,
+        )
+        .await;
     assert_eq!(code(&unknown), "SUPPRESSION_IMPORT_NOT_FOUND");
     s.stop();
 }

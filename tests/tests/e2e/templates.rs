@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::sink::Sink;
-use crate::support::{setup_tenant, wait_status, Server, SENDER};
+use crate::support::{code, setup_tenant, wait_status, Server, SENDER};
 
 const SLOW: Duration = Duration::from_secs(20);
 
@@ -48,57 +48,28 @@ fn version(subject: &str) -> Value {
     })
 }
 
-async fn rest(
-    s: &Server,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    s.rest(method, &format!("/api/v1{path}"), Some(key), None, body)
-        .await
-}
-
-async fn expect(
-    s: &Server,
-    method: &str,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-    status: u16,
-) -> Value {
-    let (got, answer) = rest(s, method, path, key, body).await;
-    assert_eq!(got, status, "{method} {path}: {answer}");
-    answer
-}
-
-fn code(answer: &Value) -> &str {
-    answer["error"]["code"].as_str().unwrap_or("<no code>")
-}
-
 async fn create(s: &Server, key: &str, template: &str, category: &str) {
-    let t = expect(
-        s,
-        "POST",
-        "/templates/",
-        key,
-        Some(json!({
-            "key": template,
-            "name": "Order shipped",
-            "category": category,
-            "version": version("Order {{ order_id }} shipped"),
-        })),
-        201,
-    )
-    .await;
+    let t = s
+        .expect(
+            "POST",
+            "/templates/",
+            key,
+            Some(json!({
+                "key": template,
+                "name": "Order shipped",
+                "category": category,
+                "version": version("Order {{ order_id }} shipped"),
+            })),
+            201,
+        )
+        .await;
     assert_eq!(t["versions"][0]["status"], "draft", "{t}");
     assert_eq!(t["current_version"], Value::Null, "{t}");
 }
 
 /// Submits with `key` and approves with `approver`.
 async fn approve(s: &Server, key: &str, approver: &str, template: &str, n: u32) -> Value {
-    expect(
-        s,
+    s.expect(
         "POST",
         &format!("/templates/{template}/versions/{n}/submit/"),
         key,
@@ -106,8 +77,7 @@ async fn approve(s: &Server, key: &str, approver: &str, template: &str, n: u32) 
         200,
     )
     .await;
-    expect(
-        s,
+    s.expect(
         "POST",
         &format!("/templates/{template}/versions/{n}/approve/"),
         approver,
@@ -125,15 +95,15 @@ fn types(events: &[Value]) -> Vec<String> {
 }
 
 async fn template_events(s: &Server, key: &str, template: &str) -> Vec<Value> {
-    let a = expect(
-        s,
-        "GET",
-        &format!("/templates/{template}/events/"),
-        key,
-        None,
-        200,
-    )
-    .await;
+    let a = s
+        .expect(
+            "GET",
+            &format!("/templates/{template}/events/"),
+            key,
+            None,
+            200,
+        )
+        .await;
     a["events"].as_array().expect("events").clone()
 }
 
@@ -146,18 +116,17 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
     create(&s, &key, "order_shipped", "transactional").await;
 
     // A draft cannot be approved; a sending key cannot approve at all.
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/1/approve/",
-        &approver,
-        None,
-        409,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/1/approve/",
+            &approver,
+            None,
+            409,
+        )
+        .await;
     assert_eq!(code(&a), "TEMPLATE_VERSION_STATE", "{a}");
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/order_shipped/versions/1/submit/",
         &key,
@@ -165,25 +134,25 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
         200,
     )
     .await;
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/1/approve/",
-        &key,
-        None,
-        403,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/1/approve/",
+            &key,
+            None,
+            403,
+        )
+        .await;
     assert_eq!(code(&a), "FORBIDDEN", "{a}");
-    let v1 = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/1/approve/",
-        &approver,
-        Some(json!({ "note": "legal checked" })),
-        200,
-    )
-    .await;
+    let v1 = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/1/approve/",
+            &approver,
+            Some(json!({ "note": "legal checked" })),
+            200,
+        )
+        .await;
     assert_eq!(v1["status"], "approved", "{v1}");
     assert_eq!(v1["current"], true, "{v1}");
     assert_eq!(v1["reviewed"]["note"], "legal checked", "{v1}");
@@ -196,25 +165,25 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
     );
 
     // Approved is immutable: editing it is refused, and an edit makes a new draft.
-    let a = expect(
-        &s,
-        "PUT",
-        "/templates/order_shipped/versions/1/",
-        &key,
-        Some(version("Changed")),
-        409,
-    )
-    .await;
+    let a = s
+        .expect(
+            "PUT",
+            "/templates/order_shipped/versions/1/",
+            &key,
+            Some(version("Changed")),
+            409,
+        )
+        .await;
     assert_eq!(code(&a), "TEMPLATE_VERSION_STATE", "{a}");
-    let v2 = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/",
-        &key,
-        Some(json!({ "version": version("Shipped: {{ order_id }}") })),
-        201,
-    )
-    .await;
+    let v2 = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/",
+            &key,
+            Some(json!({ "version": version("Shipped: {{ order_id }}") })),
+            201,
+        )
+        .await;
     assert_eq!(
         (v2["version"].as_u64(), v2["based_on"].as_u64()),
         (Some(2), Some(1)),
@@ -222,18 +191,20 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
     );
     assert_eq!(v2["status"], "draft", "{v2}");
     // The draft can be edited as often as needed.
-    let v2 = expect(
-        &s,
-        "PUT",
-        "/templates/order_shipped/versions/2/",
-        &key,
-        Some(version("Shipped now: {{ order_id }}")),
-        200,
-    )
-    .await;
+    let v2 = s
+        .expect(
+            "PUT",
+            "/templates/order_shipped/versions/2/",
+            &key,
+            Some(version("Shipped now: {{ order_id }}")),
+            200,
+        )
+        .await;
     assert_eq!(v2["subject"], "Shipped now: {{ order_id }}", "{v2}");
     approve(&s, &key, &approver, "order_shipped", 2).await;
-    let t = expect(&s, "GET", "/templates/order_shipped/", &key, None, 200).await;
+    let t = s
+        .expect("GET", "/templates/order_shipped/", &key, None, 200)
+        .await;
     assert_eq!(t["current_version"], 2, "{t}");
     assert_eq!(t["versions"][0]["status"], "archived", "{t}");
     assert_eq!(
@@ -242,8 +213,7 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
     );
 
     // Rollback: one call makes version 1 current again; 2 is archived.
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/order_shipped/versions/1/make-current/",
         &key,
@@ -251,23 +221,24 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
         403,
     )
     .await;
-    let v1 = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/1/make-current/",
-        &approver,
-        None,
-        200,
-    )
-    .await;
+    let v1 = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/1/make-current/",
+            &approver,
+            None,
+            200,
+        )
+        .await;
     assert_eq!(v1["current"], true, "{v1}");
-    let t = expect(&s, "GET", "/templates/order_shipped/", &key, None, 200).await;
+    let t = s
+        .expect("GET", "/templates/order_shipped/", &key, None, 200)
+        .await;
     assert_eq!(t["current_version"], 1, "{t}");
     assert_eq!(t["versions"][1]["status"], "archived", "{t}");
 
     // A rejected version records who and why, and cannot be approved afterwards.
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/order_shipped/versions/",
         &key,
@@ -275,8 +246,7 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
         201,
     )
     .await;
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/order_shipped/versions/3/submit/",
         &key,
@@ -284,19 +254,18 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
         200,
     )
     .await;
-    let v3 = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/3/reject/",
-        &approver,
-        Some(json!({ "note": "tone is off" })),
-        200,
-    )
-    .await;
+    let v3 = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/3/reject/",
+            &approver,
+            Some(json!({ "note": "tone is off" })),
+            200,
+        )
+        .await;
     assert_eq!(v3["status"], "rejected", "{v3}");
     assert_eq!(v3["reviewed"]["note"], "tone is off", "{v3}");
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/order_shipped/versions/3/approve/",
         &approver,
@@ -328,26 +297,30 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
     );
 
     // The listing, and another tenant sees nothing of it.
-    let list = expect(&s, "GET", "/templates/", &key, None, 200).await;
+    let list = s.expect("GET", "/templates/", &key, None, 200).await;
     assert_eq!(list["data"][0]["key"], "order_shipped", "{list}");
     let (_, other) = setup_tenant(&s, &[]).await;
-    let a = expect(&s, "GET", "/templates/order_shipped/", &other, None, 404).await;
+    let a = s
+        .expect("GET", "/templates/order_shipped/", &other, None, 404)
+        .await;
     assert_eq!(code(&a), "TEMPLATE_NOT_FOUND", "{a}");
-    let list = expect(&s, "GET", "/templates/", &other, None, 200).await;
+    let list = s.expect("GET", "/templates/", &other, None, 200).await;
     assert_eq!(list["data"], json!([]), "{list}");
     // Creating the same key in the other tenant is fine: keys are per tenant.
     create(&s, &other, "order_shipped", "marketing").await;
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/1/submit/",
-        &other,
-        None,
-        200,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/1/submit/",
+            &other,
+            None,
+            200,
+        )
+        .await;
     assert_eq!(a["status"], "submitted", "{a}");
-    let t = expect(&s, "GET", "/templates/order_shipped/", &key, None, 200).await;
+    let t = s
+        .expect("GET", "/templates/order_shipped/", &key, None, 200)
+        .await;
     assert_eq!(
         t["current_version"], 1,
         "the first tenant's template is untouched: {t}"
@@ -365,15 +338,15 @@ async fn invalid_templates_are_refused_with_part_line_and_column_and_locked_sect
     // A syntax error on line 3 of the HTML.
     let mut bad = version("Hi");
     bad["html"] = json!("<p>one</p>\n<p>two</p>\n<p>{{ name </p>");
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/",
-        &key,
-        Some(json!({ "key": "broken", "name": "Broken", "version": bad })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/",
+            &key,
+            Some(json!({ "key": "broken", "name": "Broken", "version": bad })),
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "TEMPLATE_INVALID", "{a}");
     let issue = &a["error"]["details"]["issues"][0];
     assert_eq!(issue["part"], "html", "{a}");
@@ -381,20 +354,20 @@ async fn invalid_templates_are_refused_with_part_line_and_column_and_locked_sect
     assert!(issue["column"].as_u64().is_some_and(|c| c > 1), "{a}");
     assert_eq!(issue["code"], "TEMPLATE_SYNTAX", "{a}");
     // Nothing was saved.
-    expect(&s, "GET", "/templates/broken/", &key, None, 404).await;
+    s.expect("GET", "/templates/broken/", &key, None, 404).await;
 
     // An undeclared variable in the text part.
     let mut bad = version("Hi");
     bad["text"] = json!("Hello {{ nmae }}");
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/",
-        &key,
-        Some(json!({ "key": "broken", "name": "Broken", "version": bad })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/",
+            &key,
+            Some(json!({ "key": "broken", "name": "Broken", "version": bad })),
+            422,
+        )
+        .await;
     let issue = &a["error"]["details"]["issues"][0];
     assert_eq!(
         (issue["part"].as_str(), issue["code"].as_str()),
@@ -411,15 +384,15 @@ async fn invalid_templates_are_refused_with_part_line_and_column_and_locked_sect
         .as_str()
         .unwrap()
         .replace("Registered in England 123", "Registered nowhere"));
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/legal/versions/",
-        &key,
-        Some(json!({ "version": changed.clone() })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/legal/versions/",
+            &key,
+            Some(json!({ "version": changed.clone() })),
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "VALIDATION_FAILED", "{a}");
     assert_eq!(
         a["error"]["details"]["fields"][0]["field"], "locked_sections.footer",
@@ -428,41 +401,41 @@ async fn invalid_templates_are_refused_with_part_line_and_column_and_locked_sect
     // Removing the section is caught too.
     let mut removed = version("x");
     removed["html"] = json!("<p>no footer</p>");
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/legal/versions/",
-        &key,
-        Some(json!({ "version": removed })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/legal/versions/",
+            &key,
+            Some(json!({ "version": removed })),
+            422,
+        )
+        .await;
     assert_eq!(
         a["error"]["details"]["fields"][0]["field"], "locked_sections.footer",
         "{a}"
     );
     // Saying so is not enough without the right: a sending key may not edit locked text.
     changed["edit_locked"] = json!(true);
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/legal/versions/",
-        &key,
-        Some(json!({ "version": changed.clone() })),
-        403,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/legal/versions/",
+            &key,
+            Some(json!({ "version": changed.clone() })),
+            403,
+        )
+        .await;
     assert_eq!(code(&a), "LOCKED_SECTION_EDIT_FORBIDDEN", "{a}");
     // An approver may, on purpose.
-    let v2 = expect(
-        &s,
-        "POST",
-        "/templates/legal/versions/",
-        &approver,
-        Some(json!({ "version": changed })),
-        201,
-    )
-    .await;
+    let v2 = s
+        .expect(
+            "POST",
+            "/templates/legal/versions/",
+            &approver,
+            Some(json!({ "version": changed })),
+            201,
+        )
+        .await;
     assert!(
         v2["locked_sections"]["footer"]
             .as_str()
@@ -486,8 +459,7 @@ async fn test_renders_escape_html_record_their_context_and_pick_variants_per_rec
         { "subject": "A: {{ order_id }}", "weight": 1 },
         { "subject": "B: your order {{ order_id }}", "weight": 1 }
     ]);
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/",
         &key,
@@ -501,15 +473,15 @@ async fn test_renders_escape_html_record_their_context_and_pick_variants_per_rec
         "order_id": "A-17",
         "items": [{ "title": "Tea & Biscuits", "qty": 2 }]
     });
-    let r = expect(
-        &s,
-        "POST",
-        "/templates/ab/versions/1/render/",
-        &key,
-        Some(json!({ "context": ctx, "to": "ada@example.test" })),
-        200,
-    )
-    .await;
+    let r = s
+        .expect(
+            "POST",
+            "/templates/ab/versions/1/render/",
+            &key,
+            Some(json!({ "context": ctx, "to": "ada@example.test" })),
+            200,
+        )
+        .await;
     let html = r["html"].as_str().unwrap();
     assert!(html.contains("&lt;script&gt;"), "HTML is escaped: {html}");
     assert!(html.contains("Tea &amp; Biscuits x2"), "{html}");
@@ -529,15 +501,15 @@ async fn test_renders_escape_html_record_their_context_and_pick_variants_per_rec
         let to = format!("user{i}@example.test");
         let mut first = None;
         for _ in 0..2 {
-            let r = expect(
-                &s,
-                "POST",
-                "/templates/ab/versions/1/render/",
-                &key,
-                Some(json!({ "context": ctx, "to": to })),
-                200,
-            )
-            .await;
+            let r = s
+                .expect(
+                    "POST",
+                    "/templates/ab/versions/1/render/",
+                    &key,
+                    Some(json!({ "context": ctx, "to": to })),
+                    200,
+                )
+                .await;
             let variant = r["variant"].as_u64().expect("variant");
             let subject = r["subject"].as_str().unwrap();
             assert_eq!(subject.starts_with("B:"), variant == 1, "{r}");
@@ -554,15 +526,15 @@ async fn test_renders_escape_html_record_their_context_and_pick_variants_per_rec
     );
 
     // Missing required variables are named; a runaway template stops with a clear error.
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/ab/versions/1/render/",
-        &key,
-        Some(json!({ "context": { "items": [] } })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/ab/versions/1/render/",
+            &key,
+            Some(json!({ "context": { "items": [] } })),
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "MISSING_VARIABLES", "{a}");
     assert_eq!(
         a["error"]["details"]["missing"],
@@ -576,8 +548,7 @@ async fn test_renders_escape_html_record_their_context_and_pick_variants_per_rec
     runaway["variables"] = json!([]);
     runaway["html"] = json!("<p>hi</p>");
     runaway["preview"] = Value::Null;
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/",
         &key,
@@ -586,15 +557,15 @@ async fn test_renders_escape_html_record_their_context_and_pick_variants_per_rec
     )
     .await;
     let started = std::time::Instant::now();
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/runaway/versions/1/render/",
-        &key,
-        None,
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/runaway/versions/1/render/",
+            &key,
+            None,
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "RENDER_LIMIT_EXCEEDED", "{a}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -640,20 +611,19 @@ async fn send_template_renders_the_current_approved_version_and_delivers_it() {
         "coupon": "SPRING"
     });
     // Only an approved version is ever sent; a draft is not.
-    let a = expect(
-        &s,
-        "POST",
-        "/messages/send-template/",
-        &key,
-        Some(send(ctx.clone())),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/messages/send-template/",
+            &key,
+            Some(send(ctx.clone())),
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "TEMPLATE_NOT_APPROVED", "{a}");
     approve(&s, &key, &approver, "order_shipped", 1).await;
     // A new draft does not change what is sent.
-    expect(
-        &s,
+    s.expect(
         "POST",
         "/templates/order_shipped/versions/",
         &key,
@@ -662,30 +632,30 @@ async fn send_template_renders_the_current_approved_version_and_delivers_it() {
     )
     .await;
 
-    let a = expect(
-        &s,
-        "POST",
-        "/messages/send-template/",
-        &key,
-        Some(send(json!({ "items": [] }))),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/messages/send-template/",
+            &key,
+            Some(send(json!({ "items": [] }))),
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "MISSING_VARIABLES", "{a}");
     assert_eq!(
         a["error"]["details"]["missing"],
         json!(["name", "order_id"]),
         "{a}"
     );
-    let a = expect(
-        &s,
-        "POST",
-        "/messages/send-template/",
-        &key,
-        Some(json!({ "template": "nope", "from": SENDER, "to": "a@example.test" })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/messages/send-template/",
+            &key,
+            Some(json!({ "template": "nope", "from": SENDER, "to": "a@example.test" })),
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "TEMPLATE_NOT_FOUND", "{a}");
 
     let (status, receipt) = s
@@ -852,29 +822,29 @@ async fn drafting_saves_valid_drafts_for_review_and_records_every_call() {
         "prohibited_claims": ["free shipping"]
     });
     // The default provider is the deterministic dummy: a valid draft is saved for review.
-    let out = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/drafts/generate/",
-        &key,
-        Some(json!({ "brief": brief })),
-        201,
-    )
-    .await;
+    let out = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/drafts/generate/",
+            &key,
+            Some(json!({ "brief": brief })),
+            201,
+        )
+        .await;
     assert_eq!(
         (out["version"].as_u64(), out["provider"].as_str()),
         (Some(2), Some("dummy")),
         "{out}"
     );
-    let v2 = expect(
-        &s,
-        "GET",
-        "/templates/order_shipped/versions/2/",
-        &key,
-        None,
-        200,
-    )
-    .await;
+    let v2 = s
+        .expect(
+            "GET",
+            "/templates/order_shipped/versions/2/",
+            &key,
+            None,
+            200,
+        )
+        .await;
     assert_eq!(
         (v2["status"].as_str(), v2["source"].as_str()),
         (Some("draft"), Some("llm")),
@@ -891,32 +861,34 @@ async fn drafting_saves_valid_drafts_for_review_and_records_every_call() {
         v2["html"].as_str().unwrap().contains(FOOTER),
         "the locked footer is kept: {v2}"
     );
-    let t = expect(&s, "GET", "/templates/order_shipped/", &key, None, 200).await;
+    let t = s
+        .expect("GET", "/templates/order_shipped/", &key, None, 200)
+        .await;
     assert_eq!(
         t["current_version"], 1,
         "a draft is never current without approval: {t}"
     );
 
     // Revise a version with an instruction.
-    let out = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/versions/2/revise/",
-        &key,
-        Some(json!({ "instruction": "Mention the tracking page" })),
-        201,
-    )
-    .await;
+    let out = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/2/revise/",
+            &key,
+            Some(json!({ "instruction": "Mention the tracking page" })),
+            201,
+        )
+        .await;
     assert_eq!(out["version"], 3, "{out}");
-    let v3 = expect(
-        &s,
-        "GET",
-        "/templates/order_shipped/versions/3/",
-        &key,
-        None,
-        200,
-    )
-    .await;
+    let v3 = s
+        .expect(
+            "GET",
+            "/templates/order_shipped/versions/3/",
+            &key,
+            None,
+            200,
+        )
+        .await;
     assert!(
         v3["html"]
             .as_str()
@@ -927,15 +899,15 @@ async fn drafting_saves_valid_drafts_for_review_and_records_every_call() {
     assert_eq!(v3["based_on"], 2, "{v3}");
 
     // OpenAI's answer uses an undeclared variable: not saved, but recorded.
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/drafts/generate/",
-        &key,
-        Some(json!({ "brief": brief, "provider": "openai" })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/drafts/generate/",
+            &key,
+            Some(json!({ "brief": brief, "provider": "openai" })),
+            422,
+        )
+        .await;
     assert_eq!(code(&a), "DRAFT_INVALID", "{a}");
     let d = &a["error"]["details"];
     assert_eq!(
@@ -952,15 +924,15 @@ async fn drafting_saves_valid_drafts_for_review_and_records_every_call() {
     assert!(d["issues"].to_string().contains("first_name"), "{a}");
 
     // Anthropic is down: with failover (the default) the dummy answers and the record says so.
-    let out = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/drafts/generate/",
-        &key,
-        Some(json!({ "brief": brief, "provider": "anthropic" })),
-        201,
-    )
-    .await;
+    let out = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/drafts/generate/",
+            &key,
+            Some(json!({ "brief": brief, "provider": "anthropic" })),
+            201,
+        )
+        .await;
     assert_eq!(
         (
             out["requested_provider"].as_str(),
@@ -977,8 +949,7 @@ async fn drafting_saves_valid_drafts_for_review_and_records_every_call() {
         "{out}"
     );
     // Without failover nothing is saved.
-    expect(
-        &s,
+    s.expect(
         "PUT",
         "/drafting/",
         &key,
@@ -986,15 +957,15 @@ async fn drafting_saves_valid_drafts_for_review_and_records_every_call() {
         200,
     )
     .await;
-    let a = expect(
-        &s,
-        "POST",
-        "/templates/order_shipped/drafts/generate/",
-        &key,
-        Some(json!({ "brief": brief })),
-        422,
-    )
-    .await;
+    let a = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/drafts/generate/",
+            &key,
+            Some(json!({ "brief": brief })),
+            422,
+        )
+        .await;
     assert_eq!(
         a["error"]["details"]["requested_provider"], "anthropic",
         "{a}"
