@@ -12,8 +12,8 @@ use chrono::Utc;
 use domain::drafting::{self as drafting_settings, DraftingDefaults, DRAFTING_SETTINGS_STREAM};
 use domain::template::{
     self, CheckedContent, DraftGenerated, Editor, SubjectVariant, Template, TemplateCommand,
-    TemplateContent, TemplateEvent, TemplateRendered, TemplateUse, TemplateVariable, VersionSource,
-    TEMPLATE_RENDER_STREAM, TEMPLATE_STREAM,
+    TemplateContent, TemplateEvent, TemplateRendered, TemplateUse, TemplateVariable,
+    TemplateVersion, VersionSource, VersionStatus, TEMPLATE_RENDER_STREAM, TEMPLATE_STREAM,
 };
 use domain::{ApiKeyRole, DomainError, FieldError};
 use drafting::{Brief, DraftRecord, DraftRequest, ProviderConfig, ProviderKind, Task};
@@ -32,22 +32,24 @@ use crate::sending::{
 };
 use crate::service::{execute_on, metadata, new_events, Ctx};
 
-/// Compiled versions, shared by request handlers. An approved version never changes, and
-/// a draft's cache entry is keyed by its content digest, so entries never go stale.
+/// Compiled versions, shared by request handlers. Only a draft's content can change, so
+/// only a draft's entry also carries its content digest; a submitted, approved, rejected or
+/// archived version is found by its number alone and never re-serialised to look it up.
 #[derive(Clone, Default)]
 pub struct TemplateCache {
-    inner: Arc<Mutex<CompiledByDigest>>,
+    inner: Arc<Mutex<CompiledVersions>>,
 }
 
-/// (tenant, content digest) → the compiled version.
-type CompiledByDigest = HashMap<(Uuid, String), Arc<Compiled>>;
+/// (tenant, template key, version, content digest of a draft) → the compiled version.
+type CompiledVersions = HashMap<(Uuid, String, u32, Option<String>), Arc<Compiled>>;
 
 const CACHE_ENTRIES: usize = 4096;
 
 impl TemplateCache {
-    fn compiled(&self, tenant: Uuid, content: &TemplateContent) -> Result<Arc<Compiled>> {
-        let digest = request_digest(content);
-        let key = (tenant, digest);
+    fn compiled(&self, tenant: Uuid, template: &str, v: &TemplateVersion) -> Result<Arc<Compiled>> {
+        let digest = (v.status == VersionStatus::Draft).then(|| request_digest(&v.content));
+        let key = (tenant, template.to_string(), v.number, digest);
+        let content = &v.content;
         if let Ok(map) = self.inner.lock() {
             if let Some(c) = map.get(&key) {
                 return Ok(c.clone());
@@ -444,14 +446,14 @@ fn render_version(
     app: &App,
     tenant: Uuid,
     key: &str,
-    content: &TemplateContent,
+    version: &TemplateVersion,
     context: &Value,
     recipient: &str,
 ) -> Result<Rendered> {
     if !(context.is_object() || context.is_null()) {
         return Err(ApiError::invalid("context", "must be a JSON object"));
     }
-    let compiled = app.template_cache.compiled(tenant, content)?;
+    let compiled = app.template_cache.compiled(tenant, key, version)?;
     compiled
         .render(context, &variant_key(key, recipient))
         .map_err(render_error)
@@ -495,7 +497,7 @@ pub async fn test_render(
         app,
         tenant,
         key,
-        &v.content,
+        v,
         &context,
         recipient.as_deref().unwrap_or(""),
     )?;
@@ -613,7 +615,7 @@ pub async fn send_template(
         .map(|m| m.email)
         .unwrap_or_default();
     let context = req.context.clone().unwrap_or(Value::Null);
-    let rendered = render_version(app, tenant, &key, &current.content, &context, &first_to)?;
+    let rendered = render_version(app, tenant, &key, current, &context, &first_to)?;
     let category = req
         .category
         .clone()
