@@ -356,7 +356,7 @@ async fn append_webhook_log(
     app.log
         .append(
             tenant,
-            StreamId::new(WEBHOOK_LOG_STREAM, tenant.to_string()),
+            webhook_log_stream(tenant),
             ExpectedVersion::Any,
             new_events(&[SignalEvent::WebhookReceived(Box::new(entry))]),
             meta,
@@ -639,15 +639,19 @@ pub async fn bounce(
 // ---------------------------------------------------------------------------------------
 // The webhook log
 
-async fn webhook_log(app: &App, tenant: Uuid) -> Result<Vec<(u64, WebhookReceived)>> {
+/// The webhook-log entries with stream versions in `from..before` (`None`: to the end).
+async fn webhook_log(
+    app: &App,
+    tenant: Uuid,
+    from: u64,
+    before: Option<u64>,
+) -> Result<Vec<(u64, WebhookReceived)>> {
     let log = app.log.clone();
     let events = blocking(move || {
-        Ok(log.read_stream(
-            tenant,
-            &StreamId::new(WEBHOOK_LOG_STREAM, tenant.to_string()),
-            1,
-            usize::MAX,
-        )?)
+        let max = before.map_or(usize::MAX, |b| {
+            usize::try_from(b.saturating_sub(from)).unwrap_or(usize::MAX)
+        });
+        Ok(log.read_stream(tenant, &webhook_log_stream(tenant), from, max)?)
     })
     .await?;
     let mut out = Vec::with_capacity(events.len());
@@ -670,15 +674,21 @@ pub async fn list_log(
     limit: usize,
 ) -> Result<(Vec<(u64, WebhookReceived)>, Option<u64>)> {
     let tenant = tenant_of(app, ctx, requested, false)?;
-    let mut all = webhook_log(app, tenant).await?;
-    all.reverse();
-    let page: Vec<_> = all
-        .into_iter()
-        .filter(|(v, _)| before.is_none_or(|b| *v < b))
-        .take(limit + 1)
-        .collect();
-    let next = (page.len() > limit).then(|| page[limit - 1].0);
-    Ok((page.into_iter().take(limit).collect(), next))
+    // Every event of the stream is an entry, so a page is a range of stream versions: read
+    // only that range, not the whole log.
+    let head = app
+        .log
+        .stream_version(tenant, &webhook_log_stream(tenant))?;
+    let upper = before.map_or(head + 1, |b| b.min(head + 1));
+    let from = upper.saturating_sub(limit as u64).max(1);
+    let mut page = webhook_log(app, tenant, from, Some(upper)).await?;
+    page.reverse();
+    let next = (from > 1 && !page.is_empty()).then_some(from);
+    Ok((page, next))
+}
+
+fn webhook_log_stream(tenant: Uuid) -> StreamId {
+    StreamId::new(WEBHOOK_LOG_STREAM, tenant.to_string())
 }
 
 pub fn log_json(version: u64, w: &WebhookReceived) -> Value {
@@ -708,7 +718,7 @@ pub async fn replay(
 ) -> Result<WebhookOutcome> {
     ctx.principal.require_operator()?;
     let tenant = tenant_of(app, ctx, requested, false)?;
-    let entry = webhook_log(app, tenant)
+    let entry = webhook_log(app, tenant, 1, None)
         .await?
         .into_iter()
         .map(|(_, w)| w)

@@ -605,6 +605,30 @@ async fn malformed_input_gets_a_clear_4xx_and_records_only_the_rejection() {
     assert!(log
         .iter()
         .all(|w| w["outcome"] == "rejected" && w["recorded"] == 0 && w["payload_bytes"] == 0));
+    // Paged newest first, 50 at a time, the pages add up to the whole log.
+    let mut paged = Vec::new();
+    let mut cursor: Option<u64> = None;
+    loop {
+        let q = cursor.map_or(String::new(), |c| format!("&cursor={c}"));
+        let (status, body) = s
+            .rest(
+                "GET",
+                &format!("/api/v1/webhooks/log/?limit=50{q}"),
+                Some(&key),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let data = body["data"].as_array().unwrap();
+        assert!(data.len() <= 50);
+        paged.extend(data.iter().cloned());
+        match body["next_cursor"].as_u64() {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(paged, log, "the pages are the log, in the same order");
     // The server is still well.
     let (status, _) = s.rest("GET", "/healthz", None, None, None).await;
     assert_eq!(status, 200);
