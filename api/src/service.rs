@@ -112,6 +112,10 @@ where
     for _ in 0..CONFLICT_RETRIES {
         let (state, version) = load(app, tenant, &stream, apply).await?;
         let events = decide(&state)?;
+        if events.is_empty() {
+            // Nothing to record (an idempotent repeat); the log refuses empty appends.
+            return Ok(events);
+        }
         let expected = if version == 0 {
             ExpectedVersion::NoStream
         } else {

@@ -236,6 +236,17 @@ async fn a_template_goes_through_review_is_immutable_once_approved_and_rolls_bac
         .await;
     assert_eq!(t["current_version"], 1, "{t}");
     assert_eq!(t["versions"][1]["status"], "archived", "{t}");
+    // Making the current version current again changes nothing and is no error.
+    let again = s
+        .expect(
+            "POST",
+            "/templates/order_shipped/versions/1/make-current/",
+            &approver,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(again["current"], true, "{again}");
 
     // A rejected version records who and why, and cannot be approved afterwards.
     s.expect(
