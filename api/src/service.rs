@@ -109,6 +109,23 @@ where
     S: Default + Send + 'static,
     E: DomainEvent + 'static,
 {
+    execute_as(app, metadata(ctx), tenant, stream, apply, noun, decide).await
+}
+
+/// [`execute_on`] on behalf of whoever `meta` names (a webhook, a worker of the API).
+pub(crate) async fn execute_as<S, E>(
+    app: &App,
+    meta: Metadata,
+    tenant: Uuid,
+    stream: StreamId,
+    apply: fn(&mut S, &E),
+    noun: &str,
+    decide: impl Fn(&S) -> Result<Vec<E>>,
+) -> Result<Vec<E>>
+where
+    S: Default + Send + 'static,
+    E: DomainEvent + 'static,
+{
     for _ in 0..CONFLICT_RETRIES {
         let (state, version) = load(app, tenant, &stream, apply).await?;
         let events = decide(&state)?;
@@ -128,7 +145,7 @@ where
                 stream.clone(),
                 expected,
                 new_events(&events),
-                metadata(ctx),
+                meta.clone(),
             )
             .await
         {

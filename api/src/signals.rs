@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::error::{ApiError, Result};
 use crate::sending::tenant_of;
-use crate::service::{blocking, execute_on, load, new_events, Ctx};
+use crate::service::{blocking, execute_as, execute_on, load, new_events, Ctx};
 
 /// The context a tenant's inbound-webhook secret is sealed under.
 fn webhook_secret_context(tenant: Uuid) -> Vec<u8> {
@@ -236,58 +236,17 @@ async fn record_one(
         received_at: Utc::now(),
     };
     let new = match message_id {
-        Some(id) => {
-            let stream = StreamId::new(MESSAGE_SIGNAL_STREAM, id.to_string());
-            let mut recorded = None;
-            for _ in 0..5 {
-                let log = app.log.clone();
-                let s = stream.clone();
-                let existing =
-                    blocking(move || Ok(log.read_stream(tenant, &s, 1, usize::MAX)?)).await?;
-                let version = existing.last().map_or(0, |e| e.version);
-                let seen: Vec<String> = existing
-                    .iter()
-                    .filter_map(|e| {
-                        SignalEvent::decode(&e.event_type, e.schema_version, &e.payload).ok()
-                    })
-                    .filter_map(|e| match e {
-                        SignalEvent::SignalReceived(s) => Some(s.provider_event_id),
-                        _ => None,
-                    })
-                    .collect();
-                let events = signals::record_signal(&seen, signal.clone())?;
-                if events.is_empty() {
-                    recorded = Some(false);
-                    break;
-                }
-                let expected = if version == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(version)
-                };
-                match app
-                    .log
-                    .append(
-                        tenant,
-                        stream.clone(),
-                        expected,
-                        new_events(&events),
-                        meta.clone(),
-                    )
-                    .await
-                {
-                    Ok(_) => {
-                        recorded = Some(true);
-                        break;
-                    }
-                    Err(eventlog::Error::WrongExpectedVersion { .. }) => continue,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            recorded.ok_or_else(|| {
-                ApiError::new(409, "CONFLICT", "the message's signals changed; try again")
-            })?
-        }
+        Some(id) => !execute_as(
+            app,
+            meta.clone(),
+            tenant,
+            StreamId::new(MESSAGE_SIGNAL_STREAM, id.to_string()),
+            signals::apply_seen,
+            "the message's signals",
+            |seen| Ok(signals::record_signal(seen, signal.clone())?),
+        )
+        .await?
+        .is_empty(),
         None => {
             let key = blake3::hash(
                 format!("{}\n{}", signal.provider, signal.provider_event_id).as_bytes(),

@@ -199,6 +199,15 @@ pub fn apply_settings(state: &mut SignalSettings, event: &SignalEvent) {
     }
 }
 
+/// The provider event ids already recorded on a message's signal stream.
+pub type SeenSignals = Vec<String>;
+
+pub fn apply_seen(seen: &mut SeenSignals, event: &SignalEvent) {
+    if let SignalEvent::SignalReceived(s) = event {
+        seen.push(s.provider_event_id.clone());
+    }
+}
+
 /// A signal is recorded on its message's stream once per provider event id.
 pub fn record_signal(already: &[String], signal: SignalReceived) -> Result<Vec<SignalEvent>> {
     if already.contains(&signal.provider_event_id) {
