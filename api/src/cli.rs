@@ -178,11 +178,15 @@ pub enum MessagesCommand {
 pub enum BenchCommand {
     /// The send pipeline end to end: a server child process, an SMTP sink, HTTP load.
     Send {
+        /// Messages sent and delivered before the measured phases, so that the log holds
+        /// `preload + c1 + c64` messages (100,000 by default) when memory is read.
+        #[arg(long, default_value_t = 78_000)]
+        preload: usize,
         /// Sends made one at a time (latency).
         #[arg(long, default_value_t = 2_000)]
         c1: usize,
         /// Sends made by 64 concurrent clients (throughput).
-        #[arg(long, default_value_t = 30_000)]
+        #[arg(long, default_value_t = 20_000)]
         c64: usize,
         /// `auto` (Postfix smtp-sink if installed, else aiosmtpd), `smtp-sink` or `aiosmtpd`.
         #[arg(long, default_value = "auto")]
@@ -244,6 +248,7 @@ pub fn main() -> ExitCode {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(crate::server::BLOCKING_THREADS)
         .enable_all()
         .build()?)
 }
@@ -269,9 +274,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            command: BenchCommand::Send { c1, c64, sink },
+            command:
+                BenchCommand::Send {
+                    preload,
+                    c1,
+                    c64,
+                    sink,
+                },
         } => {
-            let report = crate::bench_send::send(c1, c64, &sink)?;
+            let report = crate::bench_send::send(preload, c1, c64, &sink)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -26,7 +26,9 @@ pub struct FileConfig {
     pub pepper: Option<String>,
     /// Refuse development defaults (a generated pepper).
     pub production: Option<bool>,
-    /// sled page cache in MiB.
+    /// sled page cache in MiB, for each of the two databases (the log and the read
+    /// models). sled may hold up to about twice this; the hot data (recent messages) is
+    /// small, and a larger cache mostly raises memory (BENCHMARKS.md).
     pub cache_mb: Option<u64>,
     /// 64 hex chars: the AES-256-GCM key that seals relay passwords and callback secrets in
     /// the log. Losing it makes them unreadable (re-enter them); production requires it.
@@ -206,7 +208,7 @@ impl Config {
             data_dir,
             secrets,
             production,
-            cache_bytes: file.cache_mb.unwrap_or(64).saturating_mul(1024 * 1024),
+            cache_bytes: file.cache_mb.unwrap_or(16).saturating_mul(1024 * 1024),
             master_key,
             max_body_bytes: usize::try_from(
                 file.max_body_mb.unwrap_or(25).saturating_mul(1024 * 1024),

@@ -17,6 +17,10 @@ use crate::graphql::{self, AppSchema};
 use crate::secrets;
 use crate::service::Ctx;
 
+/// Blocking threads per runtime (the main one and each HTTP worker's). The blocking work is
+/// short sled reads and writes; a few dozen threads keep both cores busy.
+pub const BLOCKING_THREADS: usize = 8;
+
 /// Largest GraphQL request body.
 const MAX_GRAPHQL_BODY: usize = 1024 * 1024;
 
@@ -132,6 +136,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .default_service(web::to(not_found))
     })
     .workers(2)
+    // The blocking pool serves short sled reads; tokio's default (512 threads) let load
+    // spikes start hundreds of threads, each with its own stack and allocator caches.
+    .worker_max_blocking_threads(BLOCKING_THREADS)
     .disable_signals()
     .listen(listener)
     .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -29,6 +29,7 @@ mod mime;
 mod queue;
 mod rate;
 mod round;
+mod smtp;
 mod suppress;
 
 use std::collections::{BTreeMap, HashMap};

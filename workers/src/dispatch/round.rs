@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use domain::mail_settings::{Relay, TlsMode};
+use domain::mail_settings::Relay;
 use domain::message::{
     self, AttemptOutcome, DeliveryAttempted, DispatchResult, MessageCommand, MessageDeferred,
     MessageEvent, MessageFailed, MessageQueued, MessageSent, MessageState, RecipientsSuppressed,
@@ -24,17 +24,15 @@ use domain::DomainEvent;
 use eventlog::{Actor, EventLog, ExpectedVersion, Metadata, NewEvent, StreamId};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::mime::{self, Built};
 use super::queue::MsgKey;
 use super::rate::{RateLimiter, RelayKey};
+use super::smtp::{RelayPool, SendError};
 use super::suppress::{Screen, Screened};
 use super::DispatchConfig;
 use crate::seal::relay_password_context;
@@ -62,10 +60,10 @@ pub(super) struct Ctx {
     transports: Mutex<HashMap<RelayKey, Arc<CachedRelay>>>,
 }
 
-/// A relay's transport (its connection pool) and its connection limit, kept across rounds.
+/// A relay's connection pool and its connection limit, kept across rounds.
 struct CachedRelay {
     relay: Relay,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: RelayPool,
     permits: Arc<Semaphore>,
 }
 
@@ -141,7 +139,7 @@ impl Ctx {
         }
         let cached = Arc::new(CachedRelay {
             relay: relay.clone(),
-            transport: build_transport(&self.config, tenant, relay)?,
+            pool: build_pool(&self.config, tenant, relay)?,
             permits: Arc::new(Semaphore::new(relay.max_connections.max(1) as usize)),
         });
         cache.insert((tenant, relay.id), cached.clone());
@@ -149,50 +147,41 @@ impl Ctx {
     }
 }
 
-fn build_transport(
-    config: &DispatchConfig,
-    tenant: Uuid,
-    relay: &Relay,
-) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+fn build_pool(config: &DispatchConfig, tenant: Uuid, relay: &Relay) -> Result<RelayPool, String> {
     // An IPv6 literal is stored as "[::1]"; the resolver wants it bare.
     let host = relay
         .host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let tls_params = || {
-        TlsParameters::new(host.clone())
-            .map_err(|e| format!("TLS for {} could not be set up: {e}", relay.host))
+    let credentials = match &relay.username {
+        None => None,
+        Some(user) => {
+            let password = match &relay.password {
+                Some(sealed) => {
+                    let bytes = config
+                        .master_key
+                        .open(sealed, &relay_password_context(tenant, relay.id))
+                        .map_err(|_| {
+                            "the relay password could not be opened with the configured master key"
+                                .to_string()
+                        })?;
+                    String::from_utf8(bytes)
+                        .map_err(|_| "the relay password is not UTF-8".to_string())?
+                }
+                None => String::new(),
+            };
+            Some(Credentials::new(user.clone(), password))
+        }
     };
-    let tls = match relay.tls {
-        TlsMode::None => Tls::None,
-        TlsMode::Starttls => Tls::Required(tls_params()?),
-        TlsMode::Tls => Tls::Wrapper(tls_params()?),
-    };
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone())
-        .port(relay.port)
-        .tls(tls)
-        .timeout(Some(config.smtp_timeout))
-        .hello_name(ClientId::Domain(config.hello_name.clone()))
-        .pool_config(PoolConfig::new().max_size(relay.max_connections.max(1)));
-    if let Some(user) = &relay.username {
-        let password = match &relay.password {
-            Some(sealed) => {
-                let bytes = config
-                    .master_key
-                    .open(sealed, &relay_password_context(tenant, relay.id))
-                    .map_err(|_| {
-                        "the relay password could not be opened with the configured master key"
-                            .to_string()
-                    })?;
-                String::from_utf8(bytes)
-                    .map_err(|_| "the relay password is not UTF-8".to_string())?
-            }
-            None => String::new(),
-        };
-        builder = builder.credentials(Credentials::new(user.clone(), password));
-    }
-    Ok(builder.build())
+    Ok(RelayPool::new(
+        host,
+        relay.port,
+        relay.tls,
+        credentials,
+        ClientId::Domain(config.hello_name.clone()),
+        config.smtp_timeout,
+    ))
 }
 
 /// What the core hands a round: a snapshot of the entry and of the tenant's relays.
@@ -248,6 +237,29 @@ fn new_event(e: &MessageEvent) -> NewEvent {
     NewEvent::new(e.event_type(), e.schema_version(), e.encode())
 }
 
+/// Folds `records` (the events after `version`) into `state`.
+fn fold_tail(
+    key: MsgKey,
+    records: Vec<eventlog::RecordedEvent>,
+    state: &mut MessageState,
+    version: &mut u64,
+) {
+    for rec in records {
+        match MessageEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
+            Ok(e) => message::apply(state, &e),
+            Err(e) => {
+                tracing::warn!(
+                    message_id = %key.1,
+                    position = rec.position,
+                    error = e.code(),
+                    "skipping an undecodable message event"
+                )
+            }
+        }
+        *version = rec.version;
+    }
+}
+
 /// Reads the events after `version` and folds them into `state`.
 async fn read_tail(
     log: &EventLog,
@@ -263,33 +275,26 @@ async fn read_tail(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    for rec in tail {
-        match MessageEvent::decode(&rec.event_type, rec.schema_version, &rec.payload) {
-            Ok(e) => message::apply(state, &e),
-            Err(e) => {
-                tracing::warn!(
-                    message_id = %key.1,
-                    position = rec.position,
-                    error = e.code(),
-                    "skipping an undecodable message event"
-                )
-            }
-        }
-        *version = rec.version;
-    }
+    fold_tail(key, tail, state, version);
     Ok(())
 }
 
 /// The MessageQueued event, and anything recorded since the core last looked (so that a
 /// cancel the core has not seen yet still stops the send). `None` when already final.
+/// Both reads go in one trip to the blocking pool.
 async fn load(log: &EventLog, job: &Job) -> Result<Option<Loaded>, String> {
     let (tenant, id) = job.key;
     let reader = log.clone();
-    let first =
-        tokio::task::spawn_blocking(move || reader.read_stream(tenant, &stream_of(id), 1, 1))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+    let from = job.version + 1;
+    let (first, tail) = tokio::task::spawn_blocking(move || {
+        let stream = stream_of(id);
+        let first = reader.read_stream(tenant, &stream, 1, 1)?;
+        let tail = reader.read_stream(tenant, &stream, from, TAIL_MAX)?;
+        Ok::<_, eventlog::Error>((first, tail))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
     let rec = first
         .into_iter()
         .next()
@@ -301,7 +306,7 @@ async fn load(log: &EventLog, job: &Job) -> Result<Option<Loaded>, String> {
     };
     let mut state = job.state.clone();
     let mut version = job.version;
-    read_tail(log, job.key, &mut state, &mut version).await?;
+    fold_tail(job.key, tail, &mut state, &mut version);
     if state.status.is_final() {
         return Ok(None);
     }
@@ -385,9 +390,7 @@ fn reply_text(r: &Response) -> String {
 }
 
 /// Classifies one relay's answer: (outcome, SMTP code, reply text).
-fn classify(
-    res: Result<Response, lettre::transport::smtp::Error>,
-) -> (AttemptOutcome, Option<u16>, String) {
+fn classify(res: Result<Response, SendError>) -> (AttemptOutcome, Option<u16>, String) {
     match res {
         Ok(r) => {
             let code = u16::from(r.code());
@@ -401,7 +404,13 @@ fn classify(
                 )
             }
         }
-        Err(e) => {
+        Err(SendError::Connect(reason)) => (AttemptOutcome::Unreachable, None, reason),
+        Err(SendError::TimedOut(what)) => (
+            AttemptOutcome::Unreachable,
+            None,
+            format!("{what} timed out"),
+        ),
+        Err(SendError::Smtp(e)) => {
             let code = e.status().map(u16::from);
             // For a 4xx/5xx the source is the server's reply text; otherwise the error
             // itself says what went wrong (refused, timed out, TLS).
@@ -482,7 +491,7 @@ async fn try_relay(
         return Try::AllSuppressed(screened);
     };
     let started = Instant::now();
-    let res = cached.transport.send_raw(envelope, &built.bytes).await;
+    let res = cached.pool.send(envelope, &built.bytes).await;
     let duration_ms = millis(started.elapsed());
     let (outcome, code, reply) = classify(res);
     Try::Answered {
@@ -829,6 +838,25 @@ async fn record(
 }
 
 /// Runs one round to its end.
+/// Whether building `message` reads files from the blob store.
+fn reads_blobs(message: &MessageQueued) -> bool {
+    !message.attachments.is_empty() || message.html_blob.is_some() || message.text_blob.is_some()
+}
+
+/// The MIME message and its envelope, with the VERP return path when configured.
+fn build(ctx: &Ctx, tenant: Uuid, message: &MessageQueued) -> Result<Built, String> {
+    let built = mime::build(
+        message,
+        &ctx.config.blobs,
+        tenant,
+        ctx.config.unsubscribe.as_ref(),
+    )?;
+    match &ctx.config.bounce_domain {
+        Some(domain) => mime::with_return_path(built, message, domain),
+        None => Ok(built),
+    }
+}
+
 pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
     let (tenant, id) = job.key;
     let mut loaded = match load(&ctx.log, &job).await {
@@ -848,19 +876,17 @@ pub(super) async fn run(ctx: Arc<Ctx>, job: Job) -> Done {
             };
         }
     };
-    let message = loaded.message.clone();
-    let blobs = ctx.config.blobs.clone();
-    let links = ctx.config.unsubscribe.clone();
-    let bounce_domain = ctx.config.bounce_domain.clone();
-    let built = tokio::task::spawn_blocking(move || {
-        let built = mime::build(&message, &blobs, tenant, links.as_ref())?;
-        match bounce_domain {
-            Some(domain) => mime::with_return_path(built, &message, &domain),
-            None => Ok(built),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("building the message panicked: {e}")));
+    let built = if reads_blobs(&loaded.message) {
+        // Attachments and big bodies are files: read them off the async workers.
+        let message = loaded.message.clone();
+        let ctx = ctx.clone();
+        tokio::task::spawn_blocking(move || build(&ctx, tenant, &message))
+            .await
+            .unwrap_or_else(|e| Err(format!("building the message panicked: {e}")))
+    } else {
+        // Pure CPU, tens of microseconds: a trip to the blocking pool would cost more.
+        build(&ctx, tenant, &loaded.message)
+    };
     let tried = match built {
         Err(reason) => {
             tracing::warn!(
