@@ -41,6 +41,11 @@ pub struct Delivered {
 impl Sink {
     /// Starts the sink and waits (up to 20 s) for it to report its port.
     pub fn start() -> Sink {
+        Sink::start_on(0)
+    }
+
+    /// [`Sink::start`] on a chosen port (0 picks a free one): a relay that restarts.
+    pub fn start_on(port: u16) -> Sink {
         let dir = tempfile::tempdir().expect("sink temp dir");
         let stderr =
             std::fs::File::create(dir.path().join(STDERR_LOG)).expect("sink stderr log file");
@@ -48,7 +53,8 @@ impl Sink {
             .arg(SCRIPT)
             .arg("--dir")
             .arg(dir.path())
-            .args(["--host", "127.0.0.1", "--port", "0", "--exit-on-stdin-eof"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .arg("--exit-on-stdin-eof")
             // Never written to: when this process dies, the pipe closes and the sink exits.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -244,6 +244,36 @@ async fn a_451_defers_and_the_next_round_sends() {
     assert_eq!((s.sent, s.deferred, s.failed), (1, 1, 0));
 }
 
+/// The dispatcher keeps SMTP connections open between messages. When the relay drops one
+/// (here: it restarts), the next message must not pay for it with a deferral: a connection
+/// idle for a while is checked with NOOP before it carries a message, and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_relay_dropped_is_replaced_without_a_deferral() {
+    let t = TestLog::open();
+    let sink = Sink::start();
+    let port = sink.port;
+    let tenant = tenant_with_sink(&t.log, &sink).await;
+    let d = Dispatcher::start(t.log.clone(), config(&t, 200));
+    let first = queue(&t.log, tenant, message("bob@example.test", "First")).await;
+    wait_for_event(&t.log, tenant, first, MESSAGE_SENT, WAIT).await;
+
+    drop(sink);
+    let sink = Sink::start_on(port);
+    // Longer than the pool's idle time before a check (2 s).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let second = queue(&t.log, tenant, message("carol@example.test", "Second")).await;
+    let events = wait_for_event(&t.log, tenant, second, MESSAGE_SENT, WAIT).await;
+    d.stop().await;
+
+    assert_eq!(
+        event_types(&events),
+        [MESSAGE_QUEUED, DELIVERY_ATTEMPTED, MESSAGE_SENT]
+    );
+    let got = sink.delivered();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_tos, ["carol@example.test"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_550_fails_at_once_without_another_round() {
     let t = TestLog::open();
