@@ -11,6 +11,7 @@
 //! CPU and peak memory are the server's own (`/proc/<pid>`), not this load generator's.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,17 +32,34 @@ impl Drop for Proc {
 
 /// utime + stime of a process, in milliseconds.
 fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    cpu_fields_ms(pid, &[11, 12])
+}
+
+/// utime + stime of a process and of its children that it has waited for (a
+/// multi-process MTA's master reaps its workers), in milliseconds.
+fn cpu_with_children_ms(pid: u32) -> anyhow::Result<f64> {
+    cpu_fields_ms(pid, &[11, 12, 13, 14])
+}
+
+fn cpu_fields_ms(pid: u32, which: &[usize]) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks_used: f64 = which
+        .iter()
+        .map(|&i| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum();
     // SAFETY: sysconf has no preconditions; it only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     #[allow(clippy::cast_precision_loss)]
     let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
-    Ok((utime + stime) * 1000.0 / ticks)
+    Ok(ticks_used * 1000.0 / ticks)
 }
 
 fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
@@ -68,24 +86,78 @@ fn find_smtp_sink() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Starts an SMTP sink on loopback; returns it, its port and its name.
-fn start_sink(kind: &str, dir: &Path) -> anyhow::Result<(Proc, u16, String)> {
+/// A running SMTP sink and how to count what it accepted.
+struct Sink {
+    _proc: Proc,
+    port: u16,
+    name: String,
+    /// smtp-sink's own counter (its `-c` output), or the aiosmtpd sink's files.
+    count: SinkCount,
+}
+
+enum SinkCount {
+    Counter(Arc<AtomicU64>),
+    Files(PathBuf),
+}
+
+impl Sink {
+    /// Messages the sink has accepted so far.
+    fn accepted(&self) -> u64 {
+        match &self.count {
+            SinkCount::Counter(n) => n.load(Ordering::Relaxed),
+            SinkCount::Files(dir) => std::fs::read_dir(dir).map_or(0, |d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                    .count() as u64
+            }),
+        }
+    }
+}
+
+/// Follows smtp-sink's `-c` output (`sess=N quit=N mesg=N\r`, rewritten in place).
+fn count_from(stdout: std::process::ChildStdout, n: Arc<AtomicU64>) {
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut field = Vec::new();
+        while std::io::BufRead::read_until(&mut reader, b'\r', &mut field).is_ok_and(|r| r > 0) {
+            let text = String::from_utf8_lossy(&field);
+            if let Some(m) = text
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("mesg="))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                n.store(m, Ordering::Relaxed);
+            }
+            field.clear();
+        }
+    });
+}
+
+/// Starts an SMTP sink on loopback, on `port` (0 picks a free one).
+fn start_sink(kind: &str, dir: &Path, port: u16) -> anyhow::Result<Sink> {
+    let port = if port == 0 { free_port()? } else { port };
     let want_postfix = kind == "smtp-sink" || kind == "auto";
     if want_postfix {
         if let Some(bin) = find_smtp_sink() {
-            let port = free_port()?;
             let mut cmd = Command::new(bin);
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } == 0 {
                 cmd.args(["-u", "nobody"]);
             }
-            let child = cmd
+            let mut child = cmd
                 .args(["-c", &format!("127.0.0.1:{port}"), "1024"])
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
                 .context("cannot start smtp-sink")?;
-            return Ok((Proc(child), port, "postfix smtp-sink".into()));
+            let n = Arc::new(AtomicU64::new(0));
+            count_from(child.stdout.take().context("no stdout")?, n.clone());
+            return Ok(Sink {
+                _proc: Proc(child),
+                port,
+                name: "postfix smtp-sink".into(),
+                count: SinkCount::Counter(n),
+            });
         }
         if kind == "smtp-sink" {
             bail!("smtp-sink is not installed (Debian package postfix)");
@@ -96,7 +168,7 @@ fn start_sink(kind: &str, dir: &Path) -> anyhow::Result<(Proc, u16, String)> {
         .arg(&script)
         .args(["--dir"])
         .arg(dir)
-        .args(["--port", "0"])
+        .args(["--port", &port.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -104,12 +176,15 @@ fn start_sink(kind: &str, dir: &Path) -> anyhow::Result<(Proc, u16, String)> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
-    let port: u16 = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .context("the aiosmtpd sink did not print its port")?;
-    Ok((Proc(child), port, "aiosmtpd".into()))
+    if line.trim() != format!("PORT {port}") {
+        bail!("the aiosmtpd sink did not start on port {port}");
+    }
+    Ok(Sink {
+        _proc: Proc(child),
+        port,
+        name: "aiosmtpd".into(),
+        count: SinkCount::Files(dir.to_path_buf()),
+    })
 }
 
 struct Api {
@@ -144,30 +219,44 @@ impl Api {
     }
 }
 
-/// About 2 KB of text and HTML, like a receipt: one recipient, due at `due` (else now).
-fn message(i: usize, due: Option<DateTime<Utc>>) -> Value {
+/// Message `i`'s subject, text and HTML: about 2 KB, like a receipt.
+fn receipt(i: usize) -> (String, String, String) {
     let lines: String = (1..=6)
         .map(|n| format!("<tr><td>{n} x Widget model {n}</td><td>{n}0.00 EUR</td></tr>"))
         .collect();
     let text_lines: String = (1..=6)
         .map(|n| format!("{n} x Widget model {n} .......... {n}0.00 EUR\n"))
         .collect();
+    let text = format!(
+        "Hello,\n\nThank you for your order #{i}. Your receipt is below.\n\n{text_lines}\n\
+         Total: 210.00 EUR\n\nQuestions? Reply to this message and we will help.\n\n\
+         The Widget Company, 1 Example Street, Exampletown\n"
+    );
+    let html = format!(
+        "<html><body><p>Hello,</p><p>Thank you for your order <b>#{i}</b>. Your receipt \
+         is below.</p><table style=\"border-collapse:collapse;width:100%\">{lines}\
+         <tr><td><b>Total</b></td><td><b>210.00 EUR</b></td></tr></table><p>Questions? \
+         Reply to this message and we will help.</p><p style=\"color:#888;font-size:12px\">\
+         The Widget Company, 1 Example Street, Exampletown</p></body></html>"
+    );
+    (format!("Your receipt #{i}"), text, html)
+}
+
+const FROM: &str = "receipts@bench.example";
+
+fn recipient(i: usize) -> String {
+    format!("customer{}@example.com", i % 1000)
+}
+
+/// Message `i` as a send request, due at `due` (else now).
+fn message(i: usize, due: Option<DateTime<Utc>>) -> Value {
+    let (subject, text, html) = receipt(i);
     let mut m = json!({
-        "from": "receipts@bench.example",
-        "to": [{"email": format!("customer{}@example.com", i % 1000), "name": "A Customer"}],
-        "subject": format!("Your receipt #{i}"),
-        "text": format!(
-            "Hello,\n\nThank you for your order #{i}. Your receipt is below.\n\n{text_lines}\n\
-             Total: 210.00 EUR\n\nQuestions? Reply to this message and we will help.\n\n\
-             The Widget Company, 1 Example Street, Exampletown\n"
-        ),
-        "html": format!(
-            "<html><body><p>Hello,</p><p>Thank you for your order <b>#{i}</b>. Your receipt \
-             is below.</p><table style=\"border-collapse:collapse;width:100%\">{lines}\
-             <tr><td><b>Total</b></td><td><b>210.00 EUR</b></td></tr></table><p>Questions? \
-             Reply to this message and we will help.</p><p style=\"color:#888;font-size:12px\">\
-             The Widget Company, 1 Example Street, Exampletown</p></body></html>"
-        ),
+        "from": FROM,
+        "to": [{"email": recipient(i), "name": "A Customer"}],
+        "subject": subject,
+        "text": text,
+        "html": html,
         "tags": ["receipt"],
         "metadata": {"order": i},
     });
@@ -175,6 +264,32 @@ fn message(i: usize, due: Option<DateTime<Utc>>) -> Value {
         m["scheduled_at"] = json!(due.to_rfc3339());
     }
     m
+}
+
+/// Message `i` as MIME (multipart/alternative, text and HTML), for an SMTP target.
+fn mime(i: usize) -> anyhow::Result<Vec<u8>> {
+    use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+    let (subject, text, html) = receipt(i);
+    let from: Mailbox = format!("Receipts <{FROM}>").parse()?;
+    let to: Mailbox = format!("A Customer <{}>", recipient(i)).parse()?;
+    let m = lettre::Message::builder()
+        .from(from)
+        .to(to)
+        .subject(subject)
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(text),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html),
+                ),
+        )?;
+    Ok(m.formatted())
 }
 
 /// Sends messages `range` from 64 concurrent clients, one message per request.
@@ -251,12 +366,153 @@ async fn wait_delivered(api: &Api, url: &str, n: usize) -> anyhow::Result<()> {
     }
 }
 
+/// Another product to run the same workload against, over SMTP submission.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `host:port` of its SMTP listener (no TLS, no AUTH).
+    pub smtp: String,
+    /// Its (master) process, for CPU and memory; without it those figures are null.
+    pub pid: Option<u32>,
+    /// The sink's port, so that the target can be configured to relay there beforehand.
+    pub sink_port: u16,
+}
+
+/// The workload against another product: the same messages (as MIME), the same phases,
+/// submitted over SMTP, delivered to the same kind of sink. There is no `scheduled_at` in
+/// SMTP, so delivery overlaps accepting: `delivered_per_s` is the c64 messages over the
+/// time from the first c64 submission until the sink holds every message.
+pub fn external(
+    preload: usize,
+    c1: usize,
+    c64: usize,
+    sink_kind: &str,
+    target: &Target,
+) -> anyhow::Result<Value> {
+    use lettre::address::Envelope;
+    use lettre::transport::smtp::extension::ClientId;
+    use workers::smtp::RelayPool;
+
+    let tmp = tempfile::tempdir()?;
+    let sink_dir = tmp.path().join("sink");
+    std::fs::create_dir_all(&sink_dir)?;
+    let sink = start_sink(sink_kind, &sink_dir, target.sink_port)?;
+    eprintln!(
+        "postledger bench: the sink listens on 127.0.0.1:{}; the target must relay there",
+        sink.port
+    );
+    let (host, port) = target
+        .smtp
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_matches(['[', ']']).to_string(),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .context("--target must be host:port")?;
+    let pool = Arc::new(RelayPool::new(
+        host,
+        port,
+        domain::mail_settings::TlsMode::None,
+        None,
+        ClientId::Domain("bench.example".into()),
+        Duration::from_secs(60),
+    ));
+    let submit = move |pool: Arc<RelayPool>, i: usize| async move {
+        let bytes = mime(i)?;
+        let envelope = Envelope::new(Some(FROM.parse()?), vec![recipient(i).parse()?])?;
+        match pool.send(&envelope, &bytes).await {
+            Ok(_) => anyhow::Ok(()),
+            Err(e) => bail!("the target refused message {i}: {e:?}"),
+        }
+    };
+    let wait_sink = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while sink.accepted() < n as u64 {
+            if Instant::now() > deadline {
+                bail!("the sink got {} of {n} messages", sink.accepted());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        anyhow::Ok(())
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let concurrent = |range: std::ops::Range<usize>| {
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
+        let end = range.end;
+        let pool = pool.clone();
+        rt.block_on(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..64 {
+                let (next, pool) = (next.clone(), pool.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= end {
+                            return anyhow::Ok(());
+                        }
+                        submit(pool.clone(), i).await?;
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await??;
+            }
+            anyhow::Ok(())
+        })
+    };
+
+    let preload_started = Instant::now();
+    concurrent(0..preload)?;
+    wait_sink(preload)?;
+    let preload_s = preload_started.elapsed().as_secs_f64();
+    let cpu_start = target.pid.map(cpu_with_children_ms).transpose()?;
+
+    let mut lat = Vec::with_capacity(c1);
+    for i in preload..preload + c1 {
+        let t = Instant::now();
+        rt.block_on(submit(pool.clone(), i))?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    wait_sink(preload + c1)?;
+
+    let start = Instant::now();
+    concurrent(preload + c1..preload + c1 + c64)?;
+    let c64_elapsed = start.elapsed();
+    wait_sink(preload + c1 + c64)?;
+    let delivered_elapsed = start.elapsed();
+    let total = c1 + c64;
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_per_message = match (target.pid, cpu_start) {
+        (Some(pid), Some(start)) => Some((cpu_with_children_ms(pid)? - start) / total as f64),
+        _ => None,
+    };
+    let rss = target.pid.map(peak_rss_mb).transpose()?;
+    Ok(json!({
+        "target": target.smtp,
+        "accepted_per_s_c64": per_s(c64, c64_elapsed),
+        "accept_p50_ms_c1": percentile(&lat, 0.50),
+        "accept_p99_ms_c1": percentile(&lat, 0.99),
+        "delivered_per_s": per_s(c64, delivered_elapsed),
+        "cpu_ms_per_message": cpu_per_message,
+        "peak_rss_mb": rss,
+        "messages": total,
+        "preload_s": preload_s,
+        "sink": sink.name,
+    }))
+}
+
 pub fn send(preload: usize, c1: usize, c64: usize, sink: &str) -> anyhow::Result<Value> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
     let sink_dir = tmp.path().join("sink");
     std::fs::create_dir_all(&sink_dir)?;
-    let (_sink, sink_port, sink_name) = start_sink(sink, &sink_dir)?;
+    let sink = start_sink(sink, &sink_dir, 0)?;
+    let (sink_port, sink_name) = (sink.port, sink.name.clone());
     std::fs::create_dir_all(&data)?;
     let config = tmp.path().join("postledger.toml");
     std::fs::write(&config, "retry_schedule_ms = [200]\n")?;

@@ -191,6 +191,16 @@ pub enum BenchCommand {
         /// `auto` (Postfix smtp-sink if installed, else aiosmtpd), `smtp-sink` or `aiosmtpd`.
         #[arg(long, default_value = "auto")]
         sink: String,
+        /// Run the same workload against another product instead: `host:port` of its SMTP
+        /// listener, which must relay to the sink (see `--sink-port`).
+        #[arg(long)]
+        target: Option<String>,
+        /// With `--target`: its (master) process id, for CPU and peak memory.
+        #[arg(long, requires = "target")]
+        target_pid: Option<u32>,
+        /// With `--target`: the sink's port (0 picks a free one and prints it).
+        #[arg(long, default_value_t = 0, requires = "target")]
+        sink_port: u16,
     },
     /// Render throughput of a realistic template (subject, HTML with a loop and
     /// conditionals, text) on one core.
@@ -280,9 +290,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     c1,
                     c64,
                     sink,
+                    target,
+                    target_pid,
+                    sink_port,
                 },
         } => {
-            let report = crate::bench_send::send(preload, c1, c64, &sink)?;
+            let report = match target {
+                Some(smtp) => {
+                    let target = crate::bench_send::Target {
+                        smtp,
+                        pid: target_pid,
+                        sink_port,
+                    };
+                    crate::bench_send::external(preload, c1, c64, &sink, &target)?
+                }
+                None => crate::bench_send::send(preload, c1, c64, &sink)?,
+            };
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

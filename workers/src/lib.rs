@@ -16,5 +16,6 @@ pub mod dispatch;
 mod error;
 pub mod reports;
 pub mod seal;
+pub mod smtp;
 
 pub use error::{Error, Result};

@@ -29,7 +29,6 @@ mod mime;
 mod queue;
 mod rate;
 mod round;
-mod smtp;
 mod suppress;
 
 use std::collections::{BTreeMap, HashMap};

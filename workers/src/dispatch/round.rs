@@ -32,10 +32,10 @@ use uuid::Uuid;
 use super::mime::{self, Built};
 use super::queue::MsgKey;
 use super::rate::{RateLimiter, RelayKey};
-use super::smtp::{RelayPool, SendError};
 use super::suppress::{Screen, Screened};
 use super::DispatchConfig;
 use crate::seal::relay_password_context;
+use crate::smtp::{RelayPool, SendError};
 
 /// The relay name recorded for the file outbox.
 pub(super) const OUTBOX: &str = "outbox";

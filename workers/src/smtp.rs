@@ -1,4 +1,5 @@
-//! SMTP to one relay: lettre's connection (the protocol) under our own small pool.
+//! SMTP to one server: lettre's connection (the protocol) under our own small pool. The
+//! dispatcher sends to relays with it; `postledger bench send --target` submits with it.
 //!
 //! Why not lettre's `AsyncSmtpTransport` and its pool: its sockets keep Nagle's algorithm
 //! on, and a transaction ends with two small writes (the body, then `.`). The second one
@@ -38,7 +39,7 @@ const MAX_IDLE: Duration = Duration::from_secs(60);
 
 /// How a send went wrong.
 #[derive(Debug)]
-pub(super) enum SendError {
+pub enum SendError {
     /// The relay answered with an error, or the connection broke mid-transaction.
     Smtp(lettre::transport::smtp::Error),
     /// No connection could be set up (refused, unresolvable, TLS, EHLO, AUTH).
@@ -48,7 +49,7 @@ pub(super) enum SendError {
 }
 
 /// Where and how to connect, and the connections not in use.
-pub(super) struct RelayPool {
+pub struct RelayPool {
     host: String,
     port: u16,
     tls: TlsMode,
