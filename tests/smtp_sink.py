@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -73,10 +74,13 @@ class SinkHandler:
         # in between, so sequence numbers and files stay in step.
         self.seq += 1
         seq = self.seq
+        # The TLS version the message came over (STARTTLS or implicit TLS), else None.
+        ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         meta = {
             "mail_from": envelope.mail_from or "",
             "rcpt_tos": list(envelope.rcpt_tos),
             "received_at": time.time(),
+            "tls": ssl_object.version() if ssl_object is not None else None,
         }
         try:
             self._write(f"{seq:08d}.json", json.dumps(meta).encode("utf-8"))
@@ -118,6 +122,11 @@ async def main(args):
     handler = SinkHandler(args.dir)
     loop = asyncio.get_running_loop()
 
+    tls_context = None
+    if args.tls:
+        tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls_context.load_cert_chain(args.tls_cert, args.tls_key)
+
     def factory():
         return SMTP(
             handler,
@@ -128,11 +137,21 @@ async def main(args):
             hostname="postledger-sink.test",
             auth_require_tls=False,
             authenticator=accept_any_login,
+            # STARTTLS: offered, and required before MAIL, so a client cannot skip it.
+            tls_context=tls_context if args.tls == "starttls" else None,
+            require_starttls=args.tls == "starttls",
             loop=loop,
         )
 
     # A large backlog so that many clients connecting at once are not refused.
-    server = await loop.create_server(factory, host=args.host, port=args.port, backlog=1024)
+    server = await loop.create_server(
+        factory,
+        host=args.host,
+        port=args.port,
+        backlog=1024,
+        # Implicit TLS: the handshake comes before the greeting.
+        ssl=tls_context if args.tls == "implicit" else None,
+    )
     port = server.sockets[0].getsockname()[1]
 
     stop = asyncio.Event()
@@ -153,6 +172,9 @@ if __name__ == "__main__":
     p.add_argument("--dir", required=True, help="where accepted messages are written")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--tls", choices=["starttls", "implicit"], help="offer TLS (needs --tls-cert and --tls-key)")
+    p.add_argument("--tls-cert", help="PEM certificate chain")
+    p.add_argument("--tls-key", help="PEM private key")
     p.add_argument("--exit-on-stdin-eof", action="store_true",
                    help="exit when stdin is closed (the parent process has gone)")
     # Diagnostics go to stderr; stdout carries only the PORT line.

@@ -417,6 +417,7 @@ pub fn external(
         None,
         ClientId::Domain("bench.example".into()),
         Duration::from_secs(60),
+        Vec::new(),
     ));
     let submit = move |pool: Arc<RelayPool>, i: usize| async move {
         let bytes = mime(i)?;

@@ -61,6 +61,9 @@ pub struct FileConfig {
     /// When set, mail is sent with the return path `bounces+<message id>@<this domain>`
     /// (VERP); pipe that domain's mail into `POST /api/v1/bounces/raw`.
     pub bounce_domain: Option<String>,
+    /// A PEM file of extra CA certificates that relays' TLS certificates may chain to
+    /// (STARTTLS and implicit TLS), beside the webpki roots: relays with a private CA.
+    pub relay_ca_file: Option<PathBuf>,
 }
 
 /// One `[llm.<provider>]` table.
@@ -102,6 +105,8 @@ pub struct Config {
     pub public_url: Option<String>,
     pub unsubscribe_mailto_domain: Option<String>,
     pub bounce_domain: Option<String>,
+    /// `relay_ca_file`'s certificates (DER), read and checked at start.
+    pub relay_roots: Vec<Vec<u8>>,
 }
 
 /// What the command line and environment said (clap fills both).
@@ -219,8 +224,29 @@ impl Config {
             public_url: file.public_url.map(|u| u.trim_end_matches('/').to_string()),
             unsubscribe_mailto_domain: file.unsubscribe_mailto_domain,
             bounce_domain: file.bounce_domain,
+            relay_roots: match &file.relay_ca_file {
+                Some(path) => read_ca_file(path)?,
+                None => Vec::new(),
+            },
         })
     }
+}
+
+/// The certificates of a PEM file, as DER; an unreadable file or one without any
+/// certificate stops the start, rather than TLS failing later at every send.
+fn read_ca_file(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read relay_ca_file {}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("relay_ca_file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        bail!("relay_ca_file {} holds no certificate", path.display());
+    }
+    Ok(certs)
 }
 
 fn read_file(p: &Path) -> anyhow::Result<FileConfig> {

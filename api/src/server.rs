@@ -78,6 +78,7 @@ fn start_workers(
             .derive(workers::seal::UNSUBSCRIBE_KEY_CONTEXT),
     });
     dispatch.bounce_domain = config.bounce_domain.clone();
+    dispatch.relay_roots = config.relay_roots.clone();
     let mut reports = workers::reports::ReportConfig::new(app.master_key.clone());
     reports.retry_schedule = d.callback_retry_schedule.clone();
     (

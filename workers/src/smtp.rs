@@ -22,13 +22,15 @@ use std::time::{Duration, Instant};
 use domain::mail_settings::TlsMode;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
@@ -56,11 +58,16 @@ pub struct RelayPool {
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
+    /// Extra trust anchors (DER), beside the webpki roots.
+    extra_roots: Vec<Vec<u8>>,
+    /// For implicit TLS, built on first use.
+    implicit_tls: OnceLock<Result<Arc<ClientConfig>, String>>,
     idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
 }
 
 impl RelayPool {
-    /// `host` is bare (an IPv6 literal without brackets).
+    /// `host` is bare (an IPv6 literal without brackets). A relay's certificate must chain
+    /// to the webpki roots or to one of `extra_roots` (DER).
     pub fn new(
         host: String,
         port: u16,
@@ -68,6 +75,7 @@ impl RelayPool {
         credentials: Option<Credentials>,
         hello: ClientId,
         timeout: Duration,
+        extra_roots: Vec<Vec<u8>>,
     ) -> RelayPool {
         RelayPool {
             host,
@@ -76,8 +84,41 @@ impl RelayPool {
             credentials,
             hello,
             timeout,
+            extra_roots,
+            implicit_tls: OnceLock::new(),
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// lettre's TLS parameters (for STARTTLS), with the extra roots.
+    fn starttls_params(&self) -> Result<TlsParameters, String> {
+        let mut b = TlsParameters::builder(self.host.clone());
+        for der in &self.extra_roots {
+            let cert = Certificate::from_der(der.clone()).map_err(|e| e.to_string())?;
+            b = b.add_root_certificate(cert);
+        }
+        b.build_rustls().map_err(|e| e.to_string())
+    }
+
+    /// The rustls configuration for implicit TLS: the webpki roots and the extra ones.
+    fn implicit_tls_config(&self) -> Result<Arc<ClientConfig>, String> {
+        self.implicit_tls
+            .get_or_init(|| {
+                let mut roots = RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                for der in &self.extra_roots {
+                    roots
+                        .add(CertificateDer::from(der.clone()))
+                        .map_err(|e| format!("an extra relay root is not usable: {e}"))?;
+                }
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// One transaction: MAIL, RCPT for each envelope recipient, DATA. Connection set-up
@@ -125,9 +166,14 @@ impl RelayPool {
         }
     }
 
+    /// Puts a connection back, and closes those that have sat idle too long: the pool is a
+    /// stack (the most recent on top), so under light load the bottom ones are never
+    /// popped, and nothing else would close them.
     fn checkin(&self, conn: AsyncSmtpConnection) {
+        let mut idle = self.lock();
+        idle.retain(|(_, since)| since.elapsed() <= MAX_IDLE);
         if !conn.has_broken() {
-            self.lock().push((conn, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 
@@ -141,20 +187,21 @@ impl RelayPool {
         tcp.set_nodelay(true)
             .map_err(|e| connect_err("cannot set TCP_NODELAY towards", &e))?;
         let starttls_params = || {
-            TlsParameters::new(self.host.clone())
+            self.starttls_params()
                 .map_err(|e| connect_err("TLS could not be set up for", &e))
         };
         let stream: Box<dyn AsyncTokioStream> = match self.tls {
             TlsMode::Tls => {
                 // lettre only puts TLS on a stream it is given after the greeting
                 // (STARTTLS); for implicit TLS the handshake comes first, so it is done
-                // here, with the same roots and provider lettre uses for STARTTLS.
+                // here, with the same roots and provider as STARTTLS.
                 let peer = tcp
                     .peer_addr()
                     .map_err(|e| connect_err("no peer address for", &e))?;
                 let name = ServerName::try_from(self.host.clone())
                     .map_err(|e| connect_err("not a TLS server name:", &e))?;
-                let config = implicit_tls_config()
+                let config = self
+                    .implicit_tls_config()
                     .map_err(|e| connect_err("TLS could not be set up for", &e))?;
                 let tls = TlsConnector::from(config)
                     .connect(name, tcp)
@@ -179,23 +226,6 @@ impl RelayPool {
         }
         Ok(conn)
     }
-}
-
-/// The client configuration for implicit TLS: the webpki roots, verified as usual.
-fn implicit_tls_config() -> Result<Arc<ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| e.to_string())
-        })
-        .clone()
 }
 
 /// An implicit-TLS stream, seen by lettre as a plain one.

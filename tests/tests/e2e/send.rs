@@ -381,6 +381,63 @@ async fn a_550_fails_at_once_without_retry() {
     s.stop();
 }
 
+/// A relay whose certificate comes from a private CA: the CA is trusted through
+/// `relay_ca_file`, and mail goes over STARTTLS. A broken CA file stops the server at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starttls_relay_with_a_private_ca_is_trusted_through_relay_ca_file() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tls");
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start_tls("starttls");
+    let config = format!("{CONFIG}relay_ca_file = \"{fixtures}/ca.pem\"\n");
+    let s = Server::start_with(dir.path(), &config);
+    let (_, key) = setup_tenant(&s, &[]).await;
+    let (status, body) = s
+        .rest(
+            "POST",
+            "/api/v1/relays/",
+            Some(&key),
+            None,
+            Some(json!({
+                "name": "private-ca",
+                "host": "127.0.0.1",
+                "port": sink.port,
+                "tls": "starttls",
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = s
+        .send_ok(&key, simple("ada@example.test", "Private CA"))
+        .await;
+    let m = wait_status(&s, &key, &id, "sent", SLOW).await;
+    assert_eq!(m["relay"], "private-ca", "{m}");
+    let got = sink.delivered();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls.is_some(), "delivered in clear");
+    s.stop();
+
+    // A file without a certificate is refused at start, not at the first send.
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "no certificate here\n").unwrap();
+    let data = dir.path().join("other");
+    std::fs::create_dir(&data).unwrap();
+    let out = std::process::Command::new(crate::support::BIN)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--config")
+        .arg({
+            let c = dir.path().join("bad.toml");
+            std::fs::write(&c, format!("relay_ca_file = \"{}\"\n", bad.display())).unwrap();
+            c
+        })
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no certificate"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_relay_fails_over_to_the_next_by_priority() {
     let dir = tempfile::tempdir().unwrap();

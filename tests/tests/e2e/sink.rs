@@ -34,6 +34,8 @@ pub struct Delivered {
     pub rcpt_tos: Vec<String>,
     /// Unix seconds, by the sink's clock (the same machine's).
     pub received_at: f64,
+    /// The TLS version the message came over (`TLSv1.3`), or `None` in clear.
+    pub tls: Option<String>,
     /// The message bytes exactly as received after DATA.
     pub raw: Vec<u8>,
 }
@@ -46,6 +48,28 @@ impl Sink {
 
     /// [`Sink::start`] on a chosen port (0 picks a free one): a relay that restarts.
     pub fn start_on(port: u16) -> Sink {
+        Sink::start_with(port, &[])
+    }
+
+    /// A sink that speaks TLS with the test relay certificate (`tests/fixtures/tls`,
+    /// trusted through its `ca.pem`): `mode` is `starttls` (offered, and required before
+    /// MAIL) or `implicit` (TLS from the first byte).
+    pub fn start_tls(mode: &str) -> Sink {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls");
+        Sink::start_with(
+            0,
+            &[
+                "--tls".to_string(),
+                mode.to_string(),
+                "--tls-cert".to_string(),
+                format!("{fixtures}/relay.pem"),
+                "--tls-key".to_string(),
+                format!("{fixtures}/relay.key"),
+            ],
+        )
+    }
+
+    fn start_with(port: u16, extra: &[String]) -> Sink {
         let dir = tempfile::tempdir().expect("sink temp dir");
         let stderr =
             std::fs::File::create(dir.path().join(STDERR_LOG)).expect("sink stderr log file");
@@ -55,6 +79,7 @@ impl Sink {
             .arg(dir.path())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--exit-on-stdin-eof")
+            .args(extra)
             // Never written to: when this process dies, the pipe closes and the sink exits.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -143,6 +168,7 @@ impl Sink {
                         })
                         .unwrap_or_default(),
                     received_at: meta["received_at"].as_f64().unwrap_or_default(),
+                    tls: meta["tls"].as_str().map(str::to_string),
                     raw,
                 }
             })

@@ -83,6 +83,8 @@ pub struct DispatchConfig {
     /// When set, the envelope sender (return path) is `bounces+<message id>@<this domain>`
     /// (VERP), so a bounce names its message even when it quotes no headers.
     pub bounce_domain: Option<String>,
+    /// Extra trust anchors (DER) for relays' TLS certificates, beside the webpki roots.
+    pub relay_roots: Vec<Vec<u8>>,
 }
 
 /// Where the `List-Unsubscribe` header of marketing mail points, and the key that signs
@@ -124,6 +126,7 @@ impl DispatchConfig {
             hello_name: "postledger.localhost".into(),
             unsubscribe: None,
             bounce_domain: None,
+            relay_roots: Vec::new(),
         }
     }
 }

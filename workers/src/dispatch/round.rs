@@ -181,6 +181,7 @@ fn build_pool(config: &DispatchConfig, tenant: Uuid, relay: &Relay) -> Result<Re
         credentials,
         ClientId::Domain(config.hello_name.clone()),
         config.smtp_timeout,
+        config.relay_roots.clone(),
     ))
 }
 

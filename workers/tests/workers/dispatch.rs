@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
+use crate::sink::Delivered;
 use chrono::{DateTime, Timelike, Utc};
+use domain::mail_settings::{Relay, TlsMode};
 use domain::message::{
     AttachmentRef, AttemptOutcome, DeliveryAttempted, Mailbox, MessageEvent, MessageFailed,
     MessageSent, Priority, DELIVERY_ATTEMPTED, MESSAGE_CANCELLED, MESSAGE_DEFERRED, MESSAGE_FAILED,
@@ -272,6 +274,106 @@ async fn a_pooled_connection_the_relay_dropped_is_replaced_without_a_deferral() 
     let got = sink.delivered();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].rcpt_tos, ["carol@example.test"]);
+}
+
+/// The test relay CA (`tests/fixtures/tls/ca.pem`) as DER, the way `relay_ca_file` is read.
+fn test_relay_ca() -> Vec<Vec<u8>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls/ca.pem");
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .map(|c| c.unwrap().as_ref().to_vec())
+        .collect()
+}
+
+/// A message to a relay over TLS, in the given mode; returns what the sink received and
+/// the message's events.
+async fn send_over_tls(
+    mode: &str,
+    tls: TlsMode,
+    trust: bool,
+) -> (Vec<Delivered>, Vec<MessageEvent>) {
+    let t = TestLog::open();
+    let sink = Sink::start_tls(mode);
+    let tenant = Uuid::now_v7();
+    put_relay(
+        &t.log,
+        tenant,
+        Relay {
+            tls,
+            ..relay("tls-relay", sink.port, 10)
+        },
+    )
+    .await;
+    let mut c = config(&t, 60_000);
+    if trust {
+        c.relay_roots = test_relay_ca();
+    }
+    let d = Dispatcher::start(t.log.clone(), c);
+    let id = queue(&t.log, tenant, message("bob@example.test", "Over TLS")).await;
+    let want = if trust {
+        MESSAGE_SENT
+    } else {
+        MESSAGE_DEFERRED
+    };
+    let events = wait_for_event(&t.log, tenant, id, want, WAIT).await;
+    d.stop().await;
+    (sink.delivered(), events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_to_a_relay_carries_the_message_encrypted() {
+    let (got, events) = send_over_tls("starttls", TlsMode::Starttls, true).await;
+    assert_eq!(
+        event_types(&events),
+        [MESSAGE_QUEUED, DELIVERY_ATTEMPTED, MESSAGE_SENT]
+    );
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0]
+            .tls
+            .as_deref()
+            .is_some_and(|v| v.starts_with("TLSv1.")),
+        "{:?}",
+        got[0].tls
+    );
+    assert_eq!(got[0].rcpt_tos, ["bob@example.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_to_a_relay_carries_the_message_encrypted() {
+    let (got, events) = send_over_tls("implicit", TlsMode::Tls, true).await;
+    assert_eq!(
+        event_types(&events),
+        [MESSAGE_QUEUED, DELIVERY_ATTEMPTED, MESSAGE_SENT]
+    );
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0]
+            .tls
+            .as_deref()
+            .is_some_and(|v| v.starts_with("TLSv1.")),
+        "{:?}",
+        got[0].tls
+    );
+}
+
+/// Without `relay_ca_file` the relay's certificate (from a private CA) is not trusted:
+/// nothing is sent, in clear or otherwise, and the round defers as unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_certificate_that_is_not_trusted_stops_the_send() {
+    for (mode, tls) in [("starttls", TlsMode::Starttls), ("implicit", TlsMode::Tls)] {
+        let (got, events) = send_over_tls(mode, tls, false).await;
+        assert!(got.is_empty(), "{mode}: {got:?}");
+        let a = attempts(&events);
+        assert_eq!(a[0].outcome, AttemptOutcome::Unreachable, "{mode}");
+        assert!(
+            a[0].reply.contains("TLS") || a[0].reply.contains("certificate"),
+            "{mode}: {}",
+            a[0].reply
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
