@@ -27,8 +27,8 @@ pub struct FileConfig {
     /// Refuse development defaults (a generated pepper).
     pub production: Option<bool>,
     /// sled page cache in MiB, for each of the two databases (the log and the read
-    /// models). sled may hold up to about twice this; the hot data (recent messages) is
-    /// small, and a larger cache mostly raises memory (BENCHMARKS.md).
+    /// models); default 8. sled may hold up to about twice this; the hot data (recent
+    /// messages) is small, and a larger cache mostly raises memory (BENCHMARKS.md).
     pub cache_mb: Option<u64>,
     /// 64 hex chars: the AES-256-GCM key that seals relay passwords and callback secrets in
     /// the log. Losing it makes them unreadable (re-enter them); production requires it.
@@ -213,7 +213,7 @@ impl Config {
             data_dir,
             secrets,
             production,
-            cache_bytes: file.cache_mb.unwrap_or(16).saturating_mul(1024 * 1024),
+            cache_bytes: file.cache_mb.unwrap_or(8).saturating_mul(1024 * 1024),
             master_key,
             max_body_bytes: usize::try_from(
                 file.max_body_mb.unwrap_or(25).saturating_mul(1024 * 1024),

@@ -420,6 +420,70 @@ fn subscriptions_catch_up_then_follow_live_without_gap_or_duplicate() {
     assert_eq!(seen, (4..=40).collect::<Vec<u64>>());
 }
 
+/// A lingering subscription that finds only a few new events waits for more and hands
+/// them out together; when nothing more comes, it still answers after the wait.
+#[test]
+fn a_lingering_subscription_gathers_events_that_arrive_while_it_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let t = Uuid::now_v7();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (first, second) = rt.block_on(async {
+        let mut sub = log
+            .subscribe(0)
+            .linger(std::time::Duration::from_millis(400), 100);
+        append_async(&log, t, 0).await;
+        let writer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                for i in 1..5 {
+                    append_async(&log, t, i).await;
+                }
+            })
+        };
+        let first: Vec<u64> = sub
+            .next_batch(100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        writer.await.unwrap();
+        append_async(&log, t, 5).await;
+        let second: Vec<u64> = sub
+            .next_batch(100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.position)
+            .collect();
+        (first, second)
+    });
+    assert_eq!(
+        first,
+        [1, 2, 3, 4, 5],
+        "the appends made during the wait come with the first"
+    );
+    assert_eq!(second, [6], "alone, it is still handed out after the wait");
+}
+
+async fn append_async(log: &EventLog, tenant: Uuid, n: u64) {
+    log.append(
+        tenant,
+        StreamId::new("s", n.to_string()),
+        ExpectedVersion::NoStream,
+        vec![ev("A", "{}")],
+        meta(),
+    )
+    .await
+    .unwrap();
+}
+
 #[test]
 fn time_range_reads_return_only_that_window() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,8 +8,11 @@ use tokio::sync::{mpsc, watch};
 use crate::error::{Error, Result};
 use crate::model::{read_checkpoint, ModelRead, ModelWrite};
 
-/// Events applied in one atomic write.
+/// Events applied in one atomic write when rebuilding.
 const CHUNK: usize = 2048;
+/// Events applied in one atomic write when following: six projections each holding a
+/// batch of 3 KB records, so a smaller one bounds the memory of a projection catching up.
+const LIVE_CHUNK: usize = 512;
 
 /// Builds one read model from the log.
 ///
@@ -247,6 +250,18 @@ fn rate(events: u64, seconds: f64) -> f64 {
     }
 }
 
+/// A projection reads a busy log in batches of a few hundred events (see
+/// [`eventlog::Subscription::linger`]): six projections woken at every group commit (tens of
+/// events) cost more in wake-ups and read-model commits than in applying.
+fn subscribe(log: &EventLog, after: u64) -> eventlog::Subscription {
+    log.subscribe(after)
+        .linger(LINGER, u64::try_from(LIVE_CHUNK / 4).unwrap_or(u64::MAX))
+}
+
+/// How long a projection waits for more events when only a few are new: the most it adds
+/// to a read model's lag.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 async fn follow(
     log: EventLog,
     projector: Arc<dyn Projector>,
@@ -256,14 +271,14 @@ async fn follow(
     failed: Arc<std::sync::Mutex<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sub = log.subscribe(*checkpoint.borrow());
+    let mut sub = subscribe(&log, *checkpoint.borrow());
     loop {
         if *stop.borrow() {
             return;
         }
         let batch = tokio::select! {
             _ = stop.changed() => return,
-            b = sub.next_batch(CHUNK) => b,
+            b = sub.next_batch(LIVE_CHUNK) => b,
             Some(done) = reset.recv() => {
                 let cleared = {
                     let tree = tree.clone();
@@ -277,7 +292,7 @@ async fn follow(
                     *f = None;
                 }
                 checkpoint.send_replace(0);
-                sub = log.subscribe(0);
+                sub = subscribe(&log, 0);
                 let _ = done.send(());
                 continue;
             }
@@ -313,7 +328,7 @@ async fn follow(
                             *f = None;
                         }
                         checkpoint.send_replace(0);
-                        sub = log.subscribe(0);
+                        sub = subscribe(&log, 0);
                         let _ = done.send(());
                     }
                     None => return,

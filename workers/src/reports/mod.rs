@@ -289,7 +289,11 @@ impl Worker {
 /// Reads the log from its start into `tx`, so that the worker's select never cancels a
 /// read half-way.
 async fn follow(log: EventLog, tx: mpsc::Sender<Vec<RecordedEvent>>) {
-    let mut subscription = log.subscribe(0);
+    // Reports may wait a few milliseconds for more events rather than wake at every group
+    // commit (see `eventlog::Subscription::linger`).
+    let mut subscription = log
+        .subscribe(0)
+        .linger(std::time::Duration::from_millis(5), 256);
     loop {
         match subscription.next_batch(BATCH).await {
             Ok(batch) => {
