@@ -320,32 +320,25 @@ fn mime(i: usize) -> anyhow::Result<Vec<u8>> {
     Ok(m.formatted())
 }
 
-/// Sends messages `range` from 64 concurrent clients, one message per request.
-async fn run_c64(
-    api: &Arc<Api>,
-    key: &str,
-    range: std::ops::Range<usize>,
-    due: Option<DateTime<Utc>>,
-) -> anyhow::Result<()> {
-    run_prepared(api, key, prepared(range, due)).await
-}
-
-/// Sends `bodies` from 64 concurrent clients, one message per request.
-async fn run_prepared(api: &Arc<Api>, key: &str, bodies: Arc<Vec<Vec<u8>>>) -> anyhow::Result<()> {
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+/// Runs `one(i)` for every `i` in `range` from 64 concurrent clients, each taking the next
+/// index when it is done with its last.
+async fn from_64_clients<F, Fut>(range: std::ops::Range<usize>, one: F) -> anyhow::Result<()>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
     let mut tasks = Vec::new();
     for _ in 0..64 {
-        let api = api.clone();
-        let key = key.to_string();
-        let next = next.clone();
-        let bodies = bodies.clone();
+        let (next, one) = (next.clone(), one.clone());
+        let end = range.end;
         tasks.push(tokio::spawn(async move {
             loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
                     return anyhow::Ok(());
-                };
-                api.send_prepared(&key, body.clone()).await?;
+                }
+                one(i).await?;
             }
         }));
     }
@@ -353,6 +346,16 @@ async fn run_prepared(api: &Arc<Api>, key: &str, bodies: Arc<Vec<Vec<u8>>>) -> a
         t.await??;
     }
     Ok(())
+}
+
+/// Sends `bodies` from 64 concurrent clients, one message per request.
+async fn run_prepared(api: &Arc<Api>, key: &str, bodies: Arc<Vec<Vec<u8>>>) -> anyhow::Result<()> {
+    let (api, key) = (api.clone(), Arc::new(key.to_string()));
+    from_64_clients(0..bodies.len(), move |i| {
+        let (api, key, body) = (api.clone(), key.clone(), bodies[i].clone());
+        async move { api.send_prepared(&key, body).await }
+    })
+    .await
 }
 
 /// Polls `/readyz` until every projection and worker has caught up with the log, so that
@@ -429,12 +432,7 @@ pub fn external(
     let (host, port) = target
         .smtp
         .rsplit_once(':')
-        .and_then(|(h, p)| {
-            Some((
-                h.trim_matches(['[', ']']).to_string(),
-                p.parse::<u16>().ok()?,
-            ))
-        })
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
         .context("--target must be host:port")?;
     let pool = Arc::new(RelayPool::new(
         host,
@@ -468,28 +466,8 @@ pub fn external(
         .enable_all()
         .build()?;
     let concurrent = |range: std::ops::Range<usize>| {
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
-        let end = range.end;
         let pool = pool.clone();
-        rt.block_on(async move {
-            let mut tasks = Vec::new();
-            for _ in 0..64 {
-                let (next, pool) = (next.clone(), pool.clone());
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= end {
-                            return anyhow::Ok(());
-                        }
-                        submit(pool.clone(), i).await?;
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await??;
-            }
-            anyhow::Ok(())
-        })
+        rt.block_on(from_64_clients(range, move |i| submit(pool.clone(), i)))
     };
 
     let preload_started = Instant::now();
@@ -626,7 +604,7 @@ pub fn send(preload: usize, c1: usize, c64: usize, sink: &str) -> anyhow::Result
 
         // The preload: delivered as it comes, before anything is measured.
         let preload_started = Instant::now();
-        run_c64(&api, &key, 0..preload, None).await?;
+        run_prepared(&api, &key, prepared(0..preload, None)).await?;
         wait_delivered(&api, &url, preload).await?;
         wait_settled(&api, &url).await?;
         let preload_s = preload_started.elapsed().as_secs_f64();

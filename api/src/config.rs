@@ -232,21 +232,13 @@ impl Config {
     }
 }
 
-/// The certificates of a PEM file, as DER; an unreadable file or one without any
-/// certificate stops the start, rather than TLS failing later at every send.
+/// The certificates of `relay_ca_file`; an unreadable file or one without any certificate
+/// stops the start, rather than TLS failing later at every send.
 fn read_ca_file(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
     let pem = std::fs::read(path)
         .with_context(|| format!("cannot read relay_ca_file {}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .map(|c| c.map(|c| c.as_ref().to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("relay_ca_file {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        bail!("relay_ca_file {} holds no certificate", path.display());
-    }
-    Ok(certs)
+    workers::smtp::roots_from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("relay_ca_file {}: {e}", path.display()))
 }
 
 fn read_file(p: &Path) -> anyhow::Result<FileConfig> {

@@ -18,7 +18,8 @@ use crate::secrets;
 use crate::service::Ctx;
 
 /// Blocking threads per runtime (the main one and each HTTP worker's). The blocking work is
-/// short sled reads and writes; a few dozen threads keep both cores busy.
+/// short sled reads and writes, CPU-bound: a handful of threads per runtime keeps both
+/// cores busy.
 pub const BLOCKING_THREADS: usize = 8;
 
 /// Largest GraphQL request body.

@@ -66,10 +66,10 @@ pub struct RelayPool {
 }
 
 impl RelayPool {
-    /// `host` is bare (an IPv6 literal without brackets). A relay's certificate must chain
-    /// to the webpki roots or to one of `extra_roots` (DER).
+    /// `host` as a relay stores it (an IPv6 literal may be bracketed, `[::1]`). A relay's
+    /// certificate must chain to the webpki roots or to one of `extra_roots` (DER).
     pub fn new(
-        host: String,
+        host: &str,
         port: u16,
         tls: TlsMode,
         credentials: Option<Credentials>,
@@ -78,7 +78,11 @@ impl RelayPool {
         extra_roots: Vec<Vec<u8>>,
     ) -> RelayPool {
         RelayPool {
-            host,
+            // The resolver and the TLS server name want an IPv6 literal bare.
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
             tls,
             credentials,
@@ -226,6 +230,20 @@ impl RelayPool {
         }
         Ok(conn)
     }
+}
+
+/// The certificates of a PEM file (a relay CA bundle), as DER for [`RelayPool::new`].
+/// An error, or no certificate at all, is refused rather than left for every send to fail.
+pub fn roots_from_pem(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("it holds no certificate".into());
+    }
+    Ok(certs)
 }
 
 /// An implicit-TLS stream, seen by lettre as a plain one.

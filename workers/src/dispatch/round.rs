@@ -148,12 +148,6 @@ impl Ctx {
 }
 
 fn build_pool(config: &DispatchConfig, tenant: Uuid, relay: &Relay) -> Result<RelayPool, String> {
-    // An IPv6 literal is stored as "[::1]"; the resolver wants it bare.
-    let host = relay
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
     let credentials = match &relay.username {
         None => None,
         Some(user) => {
@@ -175,7 +169,7 @@ fn build_pool(config: &DispatchConfig, tenant: Uuid, relay: &Relay) -> Result<Re
         }
     };
     Ok(RelayPool::new(
-        host,
+        &relay.host,
         relay.port,
         relay.tls,
         credentials,

@@ -278,13 +278,8 @@ async fn a_pooled_connection_the_relay_dropped_is_replaced_without_a_deferral() 
 
 /// The test relay CA (`tests/fixtures/tls/ca.pem`) as DER, the way `relay_ca_file` is read.
 fn test_relay_ca() -> Vec<Vec<u8>> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::CertificateDer;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls/ca.pem");
-    CertificateDer::pem_file_iter(path)
-        .unwrap()
-        .map(|c| c.unwrap().as_ref().to_vec())
-        .collect()
+    workers::smtp::roots_from_pem(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// A message to a relay over TLS, in the given mode; returns what the sink received and
